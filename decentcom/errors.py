@@ -1,0 +1,115 @@
+"""One error shape for the whole API (PROTOCOL.md §10):
+`{"error": "<snake_case code>", "detail": "<human text>", ...extra fields}`."""
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from decentcom.protocol import ProtocolError
+
+logger = logging.getLogger("decentcom.errors")
+
+DB_RETRY_AFTER_S = 5
+
+
+class ApiError(exceptions.APIException):
+    """An error with a protocol code and optional extra body fields."""
+
+    def __init__(self, status_code: int, code: str, detail: str = "", *, headers: dict | None = None, **extra):
+        self.status_code = status_code
+        self.code = code
+        self.extra = extra
+        self.headers = headers or {}
+        super().__init__(detail or code.replace("_", " "), code)
+
+
+def error_body(code: str, detail: str, **extra) -> dict:
+    return {"error": code, "detail": detail, **extra}
+
+
+def _flatten(detail) -> dict:
+    if isinstance(detail, dict):
+        return {str(k): [str(m) for m in (v if isinstance(v, list) else [v])] for k, v in detail.items()}
+    messages = detail if isinstance(detail, list) else [detail]
+    return {"non_field_errors": [str(m) for m in messages]}
+
+
+_SIMPLE = [
+    (exceptions.ParseError, 400, "malformed_json"),
+    (exceptions.NotAuthenticated, 401, "not_authenticated"),
+    (exceptions.AuthenticationFailed, 401, "invalid_token"),
+    (exceptions.PermissionDenied, 403, "forbidden"),
+    (exceptions.NotFound, 404, "not_found"),
+    (exceptions.MethodNotAllowed, 405, "method_not_allowed"),
+    (exceptions.NotAcceptable, 406, "not_acceptable"),
+    (exceptions.UnsupportedMediaType, 415, "unsupported_media_type"),
+]
+
+
+def exception_handler(exc, context):
+    headers = {}
+    if isinstance(exc, ApiError):
+        status_code, body = exc.status_code, error_body(exc.code, str(exc.detail), **exc.extra)
+        headers = exc.headers
+    elif isinstance(exc, ProtocolError):
+        status_code, body = 400, error_body(exc.code, exc.detail)
+    elif isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        first = next(iter(fields.items()))
+        status_code = 400
+        body = error_body("invalid_request", f"{first[0]}: {first[1][0]}", fields=fields)
+    elif isinstance(exc, exceptions.Throttled):
+        status_code, body = 429, error_body("rate_limited", str(exc.detail))
+        if exc.wait:
+            headers["Retry-After"] = str(int(exc.wait))
+    elif isinstance(exc, RequestDataTooBig):
+        status_code, body = 413, error_body("payload_too_large", "request body is too large")
+    elif isinstance(exc, Http404):
+        status_code, body = 404, error_body("not_found", "not found")
+    elif isinstance(exc, DjangoPermissionDenied):
+        status_code, body = 403, error_body("forbidden", "permission denied")
+    elif isinstance(exc, SuspiciousOperation):
+        status_code, body = 400, error_body("bad_request", "bad request")
+    elif isinstance(exc, (OperationalError, InterfaceError)):
+        logger.error("database unavailable: %s", type(exc).__name__)
+        status_code, body = 503, error_body("service_unavailable", "the database is unavailable, try again")
+        headers["Retry-After"] = str(DB_RETRY_AFTER_S)
+    else:
+        for cls, code_status, code in _SIMPLE:
+            if isinstance(exc, cls):
+                status_code, body = code_status, error_body(code, str(exc.detail))
+                break
+        else:
+            if isinstance(exc, exceptions.APIException):
+                status_code = exc.status_code
+                body = error_body(str(exc.default_code), str(exc.detail))
+            else:
+                return None
+        if isinstance(exc, exceptions.APIException):
+            headers.update(_auth_header(exc, context))
+    return Response(body, status=status_code, headers=headers)
+
+
+def _auth_header(exc, context) -> dict:
+    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        return {"WWW-Authenticate": 'Bearer realm="api"'}
+    return {}
+
+
+def json_error(status_code: int, code: str, detail: str, **headers) -> JsonResponse:
+    response = JsonResponse(error_body(code, detail), status=status_code)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def is_database_down(exc: BaseException) -> bool:
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DatabaseError) and "connection" in str(exc).lower())
+
+
+__all__ = ["ApiError", "exception_handler", "json_error", "error_body", "status"]

@@ -1,0 +1,408 @@
+"""Wire protocol v1 (PROTOCOL.md): encodings, canonical JSON, certificates,
+signatures and the client-side constructions of §6.
+
+Pure code with no Django import: the server and the reference client
+(`dmclient`) both use it, so each rule is written once.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import base58
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+CERT_LABEL = b"decentcom/device-cert/v1\n"
+AUTH_LABEL = b"decentcom/auth/v1\n"
+KEY_ID_LABEL = b"decentcom/key-id/v1\n"
+KEY_WRAP_LABEL = b"decentcom/key-wrap/v1\n"
+DM_AAD_LABEL = b"decentcom/dm-aad/v1\n"
+DM_LABEL = b"decentcom/dm/v1\n"
+
+KNOWN_PERMISSIONS = frozenset({"manage_devices"})
+CERT_FIELDS = frozenset({"v", "master", "device", "name", "issued_at", "expires_at", "permissions"})
+CERT_FUTURE_SKEW_S = 5 * 60  # server: issued_at at most 5 minutes ahead
+CLIENT_CERT_TOLERANCE_S = 24 * 3600
+
+KEY_LEN = 32
+NONCE_LEN = 12
+SIGNATURE_LEN = 64
+WRAPPED_KEY_LEN = 48
+PAD_BLOCK = 256
+
+_P = 2**255 - 19
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class ProtocolError(ValueError):
+    """Input that breaks a rule of the protocol; the server answers 400."""
+
+    def __init__(self, detail: str, *, code: str = "invalid"):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+# --- §1 encodings ---------------------------------------------------------
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(value: object, *, length: int | None = None, what: str = "value") -> bytes:
+    """Strict, canonical RFC 4648 §4 base64 (padding required)."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what} must be a base64 string")
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise ProtocolError(f"{what} is not valid base64") from None
+    if b64e(raw) != value:
+        raise ProtocolError(f"{what} is not canonical base64")
+    if length is not None and len(raw) != length:
+        raise ProtocolError(f"{what} must decode to {length} bytes")
+    return raw
+
+
+def b58e(key: bytes) -> str:
+    return base58.b58encode(key).decode("ascii")
+
+
+def b58_key(value: object, *, what: str = "key") -> bytes:
+    """Decode a b58 Ed25519 public key; only canonical, usable keys pass."""
+    if not isinstance(value, str) or not value or len(value) > 50:
+        raise ProtocolError(f"{what} must be a base58 Ed25519 public key")
+    try:
+        raw = base58.b58decode(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise ProtocolError(f"{what} is not valid base58") from None
+    if len(raw) != KEY_LEN or b58e(raw) != value:
+        raise ProtocolError(f"{what} must encode exactly 32 bytes")
+    if not ed25519_key_usable(raw):
+        raise ProtocolError(f"{what} is not a usable Ed25519 public key")
+    return raw
+
+
+def ed25519_key_usable(raw: bytes) -> bool:
+    """Canonical, on the curve, not of small order (libsodium's pk_to_curve25519)."""
+    if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _P:
+        return False
+    try:
+        nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(raw)
+    except (nacl.exceptions.CryptoError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _check_canonical(value: object) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        return
+    if isinstance(value, str):
+        if any(ord(c) < 0x20 for c in value):
+            raise ProtocolError("strings must not contain control characters")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ProtocolError("object keys must be strings")
+            _check_canonical(k)
+            _check_canonical(v)
+        return
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_canonical(v)
+        return
+    raise ProtocolError(f"{type(value).__name__} is not allowed in canonical JSON")
+
+
+def cjson(value: object) -> bytes:
+    _check_canonical(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def H(data: bytes) -> str:
+    return b64e(hashlib.sha256(data).digest())
+
+
+def is_uuid(value: object) -> bool:
+    return isinstance(value, str) and bool(_UUID_RE.match(value))
+
+
+def parse_uuid(value: object, *, what: str = "id") -> uuid.UUID:
+    if not is_uuid(value):
+        raise ProtocolError(f"{what} must be a lower-case UUID string")
+    return uuid.UUID(value)
+
+
+def origin(url: str) -> str:
+    """RFC 6454 serialization: lower case, port only when not the default."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in ("http", "https") or not host:
+        raise ProtocolError(f"{url!r} is not an http(s) origin")
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+# --- signatures ------------------------------------------------------------
+
+def sign(seed: bytes, message: bytes) -> bytes:
+    return nacl.signing.SigningKey(seed).sign(message).signature
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Ed25519 as libsodium verifies it (small-order keys, non-canonical S refused)."""
+    if len(signature) != SIGNATURE_LEN or len(public_key) != KEY_LEN:
+        return False
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+        return False
+    return True
+
+
+def public_key(seed: bytes) -> bytes:
+    return bytes(nacl.signing.SigningKey(seed).verify_key)
+
+
+# --- §2 certificates --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Certificate:
+    v: int
+    master: str
+    device: str
+    name: str
+    issued_at: int
+    expires_at: int | None
+    permissions: tuple[str, ...]
+    signature: str
+
+    def body(self) -> dict:
+        return {
+            "v": self.v, "master": self.master, "device": self.device, "name": self.name,
+            "issued_at": self.issued_at, "expires_at": self.expires_at,
+            "permissions": list(self.permissions),
+        }
+
+    def wire(self) -> dict:
+        return {**self.body(), "signature": self.signature}
+
+    @property
+    def device_key(self) -> bytes:
+        return b58_key(self.device)
+
+
+def cert_signed_bytes(cert: dict) -> bytes:
+    return CERT_LABEL + cjson(cert)
+
+
+def cert_issue(*, master_seed: bytes, device: str, name: str, issued_at: int,
+               expires_at: int | None, permissions: list[str]) -> dict:
+    body = {
+        "v": 1, "master": b58e(public_key(master_seed)), "device": device, "name": name,
+        "issued_at": issued_at, "expires_at": expires_at, "permissions": sorted(set(permissions)),
+    }
+    return {**body, "signature": b64e(sign(master_seed, cert_signed_bytes(body)))}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def cert_parse(wire: object) -> Certificate:
+    """Check a wire certificate's structure and master signature.
+
+    Time and permission rules differ between server and client: see
+    `cert_check_server` and `cert_check_client`.
+    """
+    if not isinstance(wire, dict):
+        raise ProtocolError("certificate must be an object", code="invalid_certificate")
+    keys, expected = set(wire), CERT_FIELDS | {"signature"}
+    if keys != expected:
+        extra, missing = sorted(keys - expected), sorted(expected - keys)
+        raise ProtocolError(
+            f"certificate fields: missing {missing}, unexpected {extra}", code="invalid_certificate")
+    body = {k: wire[k] for k in CERT_FIELDS}
+    try:
+        if not _is_int(body["v"]):
+            raise ProtocolError("v must be an integer")
+        b58_key(body["master"], what="master")
+        b58_key(body["device"], what="device")
+        name = body["name"]
+        if not isinstance(name, str) or not 1 <= len(name) <= 64:
+            raise ProtocolError("name must be 1-64 characters")
+        if not _is_int(body["issued_at"]):
+            raise ProtocolError("issued_at must be an integer")
+        if body["expires_at"] is not None and not _is_int(body["expires_at"]):
+            raise ProtocolError("expires_at must be an integer or null")
+        perms = body["permissions"]
+        if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
+            raise ProtocolError("permissions must be a list of strings")
+        if perms != sorted(set(perms)):
+            raise ProtocolError("permissions must be sorted and without duplicates")
+        signature = b64d(wire["signature"], length=SIGNATURE_LEN, what="signature")
+        signed = cert_signed_bytes(body)
+    except ProtocolError as exc:
+        raise ProtocolError(f"certificate: {exc.detail}", code="invalid_certificate") from None
+    if not verify(b58_key(body["master"]), signed, signature):
+        raise ProtocolError("certificate signature does not verify against master",
+                            code="invalid_certificate")
+    return Certificate(signature=wire["signature"], permissions=tuple(perms),
+                       **{k: body[k] for k in CERT_FIELDS - {"permissions"}})
+
+
+def cert_check_server(cert: Certificate, *, now: int) -> None:
+    """The server's rules (§2). Raises ProtocolError; `certificate_expired` is a 403."""
+    if cert.v != 1:
+        raise ProtocolError("unsupported certificate version", code="invalid_certificate")
+    unknown = sorted(set(cert.permissions) - KNOWN_PERMISSIONS)
+    if unknown:
+        raise ProtocolError(f"unknown permissions {unknown}", code="invalid_certificate")
+    if cert.issued_at > now + CERT_FUTURE_SKEW_S:
+        raise ProtocolError("certificate issued in the future", code="invalid_certificate")
+    if cert.expires_at is not None and cert.expires_at <= now:
+        raise ProtocolError("certificate has expired", code="certificate_expired")
+
+
+def cert_check_client(wire: object, *, user_id: str, device_id: str | None = None,
+                      now: int) -> Certificate:
+    """The client's rules (§2): strict structure, 24 h of tolerance on times."""
+    cert = cert_parse(wire)
+    if cert.v != 1 or cert.master != user_id or (device_id is not None and cert.device != device_id):
+        raise ProtocolError("certificate is not for this user or device", code="invalid_certificate")
+    if cert.issued_at > now + CLIENT_CERT_TOLERANCE_S:
+        raise ProtocolError("certificate issued in the future", code="invalid_certificate")
+    if cert.expires_at is not None and cert.expires_at <= now - CLIENT_CERT_TOLERANCE_S:
+        raise ProtocolError("certificate has expired", code="certificate_expired")
+    return cert
+
+
+# --- §3 authentication -------------------------------------------------------
+
+def auth_signed_bytes(*, challenge: str, pubkey: str, server: str) -> bytes:
+    return AUTH_LABEL + cjson({"challenge": challenge, "pubkey": pubkey, "server": server})
+
+
+# --- §5 conversations ---------------------------------------------------------
+
+def participants_sha256(participants: list[str]) -> str:
+    return H(cjson(sorted(participants)))
+
+
+# --- §6 encryption (client side) -----------------------------------------------
+
+def x25519_private(seed: bytes) -> bytes:
+    return bytes(nacl.signing.SigningKey(seed).to_curve25519_private_key())
+
+
+def x25519_public(ed25519_pub: bytes) -> bytes:
+    return bytes(nacl.signing.VerifyKey(ed25519_pub).to_curve25519_public_key())
+
+
+def x25519_shared(priv: bytes, peer_pub: bytes) -> bytes:
+    try:
+        ss = nacl.bindings.crypto_scalarmult(priv, peer_pub)
+    except (nacl.exceptions.CryptoError, RuntimeError):
+        raise ProtocolError("X25519 shared secret is all zero") from None
+    if ss == bytes(32):
+        raise ProtocolError("X25519 shared secret is all zero")
+    return ss
+
+
+def key_id(group_key: bytes) -> str:
+    return H(KEY_ID_LABEL + group_key)
+
+
+def key_wrap_info(*, conversation_id: str, epoch: int, recipient_device: str, sender_device: str) -> bytes:
+    return KEY_WRAP_LABEL + cjson({
+        "conversation_id": conversation_id, "epoch": epoch,
+        "recipient_device": recipient_device, "sender_device": sender_device,
+    })
+
+
+def hkdf32(ikm: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes(32), info=info).derive(ikm)
+
+
+def key_wrap(*, sender_seed: bytes, sender_device: str, recipient_device: str,
+             conversation_id: str, epoch: int, group_key: bytes, nonce: bytes | None = None) -> dict:
+    info = key_wrap_info(conversation_id=conversation_id, epoch=epoch,
+                         recipient_device=recipient_device, sender_device=sender_device)
+    ss = x25519_shared(x25519_private(sender_seed), x25519_public(b58_key(recipient_device)))
+    nonce = nonce if nonce is not None else os.urandom(NONCE_LEN)
+    wrapped = AESGCM(hkdf32(ss, info)).encrypt(nonce, group_key, info)
+    return {"nonce": b64e(nonce), "wrapped_key": b64e(wrapped)}
+
+
+def key_unwrap(*, recipient_seed: bytes, recipient_device: str, sender_device: str,
+               conversation_id: str, epoch: int, wrap: dict) -> bytes:
+    info = key_wrap_info(conversation_id=conversation_id, epoch=epoch,
+                         recipient_device=recipient_device, sender_device=sender_device)
+    ss = x25519_shared(x25519_private(recipient_seed), x25519_public(b58_key(sender_device)))
+    nonce = b64d(wrap.get("nonce"), length=NONCE_LEN, what="wrap nonce")
+    wrapped = b64d(wrap.get("wrapped_key"), length=WRAPPED_KEY_LEN, what="wrapped_key")
+    try:
+        return AESGCM(hkdf32(ss, info)).decrypt(nonce, wrapped, info)
+    except Exception:
+        raise ProtocolError("key wrap does not decrypt", code="bad_key_wrap") from None
+
+
+def pad(plaintext: bytes) -> bytes:
+    n = (-(len(plaintext) + 1)) % PAD_BLOCK
+    return plaintext + b"\x80" + b"\x00" * n
+
+
+def unpad(padded: bytes) -> bytes:
+    if not padded or len(padded) % PAD_BLOCK:
+        raise ProtocolError("padded length is not a multiple of 256", code="bad_padding")
+    stripped = padded.rstrip(b"\x00")
+    if not stripped or stripped[-1] != 0x80:
+        raise ProtocolError("padding has no 0x80 marker", code="bad_padding")
+    return stripped[:-1]
+
+
+def dm_aad(*, conversation_id: str, epoch: int, message_id: str, sender_device: str) -> bytes:
+    return DM_AAD_LABEL + cjson({
+        "conversation_id": conversation_id, "epoch": epoch,
+        "message_id": message_id, "sender_device": sender_device,
+    })
+
+
+def dm_signed_bytes(*, ciphertext_sha256: str, conversation_id: str, epoch: int, key_id: str,
+                    message_id: str, nonce: str, participants_sha256: str, sender_device: str) -> bytes:
+    return DM_LABEL + cjson({
+        "ciphertext_sha256": ciphertext_sha256, "conversation_id": conversation_id,
+        "epoch": epoch, "key_id": key_id, "message_id": message_id, "nonce": nonce,
+        "participants_sha256": participants_sha256, "sender_device": sender_device,
+    })
+
+
+def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    return AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, aad)
+    except Exception:
+        raise ProtocolError("message does not decrypt", code="bad_ciphertext") from None

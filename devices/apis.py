@@ -1,0 +1,161 @@
+from django.conf import settings
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from decentcom import protocol
+from decentcom.errors import ApiError
+from decentcom.fields import B58KeyField, B64Field, CertificateField, StrictCharField
+from decentcom.timefmt import rfc3339
+from devices import selectors, services
+from devices.auth import IsAnySession
+from devices.models import Device
+
+
+def server_origin(request) -> str:
+    """The origin clients must sign (§3): PUBLIC_URL, else this request's own."""
+    return protocol.origin(settings.PUBLIC_URL or request.build_absolute_uri("/"))
+
+
+def client_ip(request) -> str | None:
+    hops = settings.TRUSTED_PROXY_COUNT
+    forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
+    if hops and len(forwarded) >= hops:
+        return forwarded[-hops]
+    return request.META.get("REMOTE_ADDR")
+
+
+def device_wire(device: Device) -> dict:
+    return {
+        "device_id": device.device_id,
+        "name": device.name,
+        "x25519": device.x25519,
+        "issued_at": rfc3339(device.issued_at),
+        "expires_at": rfc3339(device.expires_at),
+        "permissions": device.permissions,
+        "certificate": device.certificate,
+    }
+
+
+class DeviceOutput(serializers.Serializer):
+    device_id = serializers.CharField()
+    name = serializers.CharField()
+    x25519 = serializers.CharField()
+    issued_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    permissions = serializers.ListField(child=serializers.CharField())
+    certificate = serializers.DictField()
+
+
+class OwnDeviceOutput(DeviceOutput):
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    last_seen_at = serializers.DateTimeField(allow_null=True)
+    pending_count = serializers.IntegerField()
+    current = serializers.BooleanField()
+
+
+class AuthChallengeApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        pubkey = B58KeyField()
+
+    @extend_schema(request=InputSerializer, responses=inline_serializer(
+        "ChallengeOutput", {"challenge": serializers.CharField(), "expires_at": serializers.DateTimeField()}))
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        challenge = services.challenge_create(pubkey=data.validated_data["pubkey"], client_ip=client_ip(request))
+        return Response({"challenge": challenge.challenge, "expires_at": rfc3339(challenge.expires_at)})
+
+
+class AuthVerifyApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        pubkey = B58KeyField()
+        challenge = StrictCharField(max_length=64)
+        signature = B64Field(length=protocol.SIGNATURE_LEN)
+        certificate = CertificateField(required=False, allow_null=True)
+
+    @extend_schema(request=InputSerializer, responses=inline_serializer("VerifyOutput", {
+        "token": serializers.CharField(), "user_id": serializers.CharField(),
+        "device_id": serializers.CharField(allow_null=True), "expires_at": serializers.DateTimeField()}))
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        session, token = services.auth_verify(
+            pubkey=data.validated_data["pubkey"], challenge=data.validated_data["challenge"],
+            signature=data.validated_data["signature"], certificate=data.validated_data.get("certificate"),
+            server_origin=server_origin(request))
+        return Response({
+            "token": token, "user_id": session.user.username,
+            "device_id": session.device.device_id if session.device else None,
+            "expires_at": rfc3339(session.expires_at),
+        })
+
+
+class AuthLogoutApi(APIView):
+    permission_classes = [IsAnySession]
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request):
+        services.session_logout(session=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class UserDeviceListApi(APIView):
+    permission_classes = [IsAnySession]
+
+    @extend_schema(responses=inline_serializer("UserDevicesOutput", {
+        "user_id": serializers.CharField(), "devices": DeviceOutput(many=True)}))
+    def get(self, request, user_id: str):
+        user = selectors.user_get_by_user_id(user_id=user_id)
+        if user is None:
+            raise ApiError(404, "not_found", "unknown user")
+        return Response({"user_id": user.username,
+                         "devices": [device_wire(d) for d in selectors.device_list_active(user=user)]})
+
+
+class DevicesApi(APIView):
+    """GET: the caller's own devices. POST: register another one by certificate."""
+
+    permission_classes = [IsAnySession]
+
+    class InputSerializer(serializers.Serializer):
+        certificate = CertificateField()
+
+    @extend_schema(responses=inline_serializer("OwnDevicesOutput", {"devices": OwnDeviceOutput(many=True)}))
+    def get(self, request):
+        current = request.auth.device_id
+        devices = selectors.device_list_for_owner(user=request.user)
+        return Response({"devices": [{
+            **device_wire(d),
+            "revoked_at": rfc3339(d.revoked_at), "last_seen_at": rfc3339(d.last_seen_at),
+            "pending_count": d.pending_count, "current": d.pk == current,
+        } for d in devices]})
+
+    @extend_schema(request=InputSerializer, responses={201: DeviceOutput, 200: DeviceOutput})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        device, created = services.device_register(user=request.user, certificate=data.validated_data["certificate"])
+        return Response(device_wire(device), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class DeviceRevokeApi(APIView):
+    permission_classes = [IsAnySession]
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, device_id: str):
+        device = selectors.device_get_for_user(user=request.user, device_id=device_id)
+        if device is None:
+            raise ApiError(404, "not_found", "no such device of yours")
+        if not services.device_can_revoke(session=request.auth, device=device):
+            raise ApiError(403, "forbidden", "needs the master key, manage_devices, or the device itself")
+        services.device_revoke(device=device)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,147 @@
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from decentcom import protocol
+from decentcom.errors import ApiError
+from decentcom.fields import B58KeyField
+from dms import selectors, services
+from dms.selectors import conversation_participants_map
+from dms.serializers import (AckInput, AckOutput, ConversationOutput, MessagePageOutput, RetentionSerializer,
+                             SendInput, SendOutput, SyncInput)
+from dms.wire import conversation_wire
+
+
+def _conversation_or_404(request, conversation_id: str):
+    if not protocol.is_uuid(conversation_id):
+        raise ApiError(404, "not_found", "no such conversation")
+    conversation = selectors.conversation_get_for_user(conversation_id=conversation_id, user=request.user)
+    if conversation is None:
+        raise ApiError(404, "not_found", "no such conversation")
+    return conversation
+
+
+def _wire(conversation) -> dict:
+    participants = conversation_participants_map(conversation_ids=[conversation.id])[conversation.id]
+    return conversation_wire(conversation, participants)
+
+
+class ConversationsApi(APIView):
+    """GET: my conversations, latest activity first. POST: a direct conversation or a group."""
+
+    class InputSerializer(serializers.Serializer):
+        participants = serializers.ListField(child=B58KeyField(), min_length=1, max_length=1000)
+        retention = RetentionSerializer(required=False)
+
+    @extend_schema(responses=inline_serializer("ConversationList", {"conversations": ConversationOutput(many=True)}))
+    def get(self, request):
+        conversations = selectors.conversation_list_for_user(user=request.user)
+        participants = conversation_participants_map(conversation_ids=[c.id for c in conversations])
+        return Response({"conversations": [conversation_wire(c, participants[c.id]) for c in conversations]})
+
+    @extend_schema(request=InputSerializer, responses={201: ConversationOutput, 200: ConversationOutput})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation, created = services.conversation_create(
+            user=request.user, participant_ids=data.validated_data["participants"],
+            retention=data.validated_data.get("retention"))
+        return Response(_wire(conversation), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class ConversationDetailApi(APIView):
+    class PatchSerializer(serializers.Serializer):
+        retention = RetentionSerializer()
+
+    @extend_schema(responses=ConversationOutput)
+    def get(self, request, conversation_id: str):
+        return Response(_wire(_conversation_or_404(request, conversation_id)))
+
+    @extend_schema(request=PatchSerializer, responses=ConversationOutput)
+    def patch(self, request, conversation_id: str):
+        conversation = _conversation_or_404(request, conversation_id)
+        data = self.PatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation = services.conversation_set_retention(
+            conversation=conversation, actor=request.user, retention=data.validated_data["retention"])
+        return Response(_wire(conversation))
+
+
+class ConversationParticipantsAddApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        add = serializers.ListField(child=B58KeyField(), min_length=1, max_length=1000)
+
+    @extend_schema(request=InputSerializer, responses=ConversationOutput)
+    def post(self, request, conversation_id: str):
+        conversation = _conversation_or_404(request, conversation_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        conversation = services.conversation_add_participants(
+            conversation=conversation, actor=request.user, user_ids=data.validated_data["add"])
+        return Response(_wire(conversation))
+
+
+class ConversationParticipantRemoveApi(APIView):
+    @extend_schema(responses={204: None})
+    def delete(self, request, conversation_id: str, user_id: str):
+        conversation = _conversation_or_404(request, conversation_id)
+        services.conversation_remove_participant(conversation=conversation, actor=request.user, user_id=user_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ConversationMessagesApi(APIView):
+    class QuerySerializer(serializers.Serializer):
+        before = serializers.CharField(required=False, max_length=200)
+        limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
+
+    @extend_schema(parameters=[QuerySerializer], responses=MessagePageOutput)
+    def get(self, request, conversation_id: str):
+        conversation = _conversation_or_404(request, conversation_id)
+        query = self.QuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(selectors.dm_list_history(
+            conversation=conversation, device=request.auth.device,
+            limit=query.validated_data["limit"], before=query.validated_data.get("before")))
+
+
+class DmSendApi(APIView):
+    @extend_schema(request=SendInput, responses={201: SendOutput, 200: SendOutput})
+    def post(self, request):
+        device = request.auth.device
+        services.dm_send_rate_check(device=device)
+        data = SendInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        created, body = services.dm_send(device=device, request=services.SendRequest(
+            message_id=v["message_id"], conversation_id=v["conversation_id"], epoch=v["epoch"],
+            key_id=protocol.b64e(v["key_id"]), participants_sha256=protocol.b64e(v["participants_sha256"]),
+            retention=v["retention"], nonce=v["nonce"], ciphertext=v["ciphertext"], signature=v["signature"],
+            recipients=[services.Recipient(
+                device_id=r["device_id"],
+                wrap=None if r["key_wrap"] is None else {k: protocol.b64e(b) for k, b in r["key_wrap"].items()})
+                for r in v["recipients"]]))
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class DmSyncApi(APIView):
+    @extend_schema(request=SyncInput, responses=MessagePageOutput)
+    def post(self, request):
+        data = SyncInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        return Response(selectors.dm_list_pending_for_device(
+            device=request.auth.device, limit=data.validated_data["limit"], after=data.validated_data.get("after")))
+
+
+class DmAckApi(APIView):
+    @extend_schema(request=AckInput, responses=AckOutput)
+    def post(self, request):
+        data = AckInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        device = request.auth.device
+        if data.validated_data.get("device_id", device.device_id) != device.device_id:
+            raise ApiError(403, "forbidden", "you can only ACK for your own device")
+        return Response(services.dm_ack(device=device, message_ids=data.validated_data["message_ids"],
+                                        failed=data.validated_data["failed"]))
+
+

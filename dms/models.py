@@ -1,0 +1,175 @@
+import uuid
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Policy(models.TextChoices):
+    BURN_ON_READ = "burn_on_read", "burn on read"
+    TTL = "ttl", "time to live"
+    PERMANENT = "permanent", "permanent"
+
+
+class ServerSettings(models.Model):
+    """The admin's knobs (§8). One row; read on every request, so a change
+    takes effect without a restart."""
+
+    default_policy = models.CharField(max_length=16, choices=Policy.choices, default=Policy.TTL)
+    default_ttl_days = models.PositiveIntegerField(default=14, validators=[MinValueValidator(1)])
+    max_ttl_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    allow_permanent = models.BooleanField(default=False)
+    max_undelivered_days = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+    max_ciphertext_bytes = models.PositiveIntegerField(default=64 * 1024, validators=[MinValueValidator(1)])
+    max_participants = models.PositiveIntegerField(default=50, validators=[MinValueValidator(2)])
+    max_devices_per_user = models.PositiveIntegerField(default=10, validators=[MinValueValidator(1)])
+    max_conversations_per_user = models.PositiveIntegerField(default=1000, validators=[MinValueValidator(1)])
+    pending_quota = models.PositiveIntegerField(
+        default=10_000, validators=[MinValueValidator(1)], help_text="pending deliveries per device")
+    send_rate_per_device = models.PositiveIntegerField(default=60, help_text="sends per minute; 0 = no limit")
+    send_rate_per_user = models.PositiveIntegerField(default=120, help_text="sends per minute; 0 = no limit")
+    challenge_rate_per_key = models.PositiveIntegerField(default=10, help_text="per minute; 0 = no limit")
+    challenge_rate_per_ip = models.PositiveIntegerField(default=60, help_text="per minute; 0 = no limit")
+    registration_rate_per_user = models.PositiveIntegerField(
+        default=10, help_text="device registrations per hour; 0 = no limit")
+    group_creation_rate_per_user = models.PositiveIntegerField(
+        default=30, help_text="group creations per hour; 0 = no limit")
+    max_gateway_connections_per_device = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
+
+    class Meta:
+        db_table = "dm_server_settings"
+        verbose_name = "server settings"
+        verbose_name_plural = "server settings"
+
+    def __str__(self):
+        return "Server settings"
+
+
+class Conversation(models.Model):
+    class Kind(models.TextChoices):
+        DIRECT = "direct"
+        GROUP = "group"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    # "a:b" of the two sorted user ids: one direct conversation per pair.
+    direct_key = models.CharField(max_length=100, unique=True, null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                   related_name="+")
+    epoch = models.PositiveBigIntegerField(default=1)
+    participants_sha256 = models.CharField(max_length=44)
+    retention_policy = models.CharField(max_length=16, choices=Policy.choices)
+    retention_ttl_days = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    last_activity_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "dm_conversations"
+
+    def __str__(self):
+        return f"{self.kind} {self.id}"
+
+    @property
+    def retention(self) -> dict:
+        return {"policy": self.retention_policy, "ttl_days": self.retention_ttl_days}
+
+
+class ConversationMember(models.Model):
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dm_memberships")
+    joined_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "dm_conversation_members"
+        constraints = [models.UniqueConstraint(fields=["conversation", "user"], name="dm_member_unique")]
+        indexes = [models.Index(fields=["user", "conversation"], name="dm_member_user")]
+
+
+class PendingDm(models.Model):
+    """One encrypted message, stored once whatever the number of recipients."""
+
+    message_id = models.UUIDField(primary_key=True)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    sender_device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    epoch = models.PositiveBigIntegerField()
+    key_id = models.CharField(max_length=44)
+    participants_sha256 = models.CharField(max_length=44)
+    nonce = models.CharField(max_length=16)
+    ciphertext = models.BinaryField()
+    ciphertext_sha256 = models.CharField(max_length=44)
+    signature = models.CharField(max_length=88)
+    policy = models.CharField(max_length=16, choices=Policy.choices)
+    ttl_days = models.PositiveIntegerField(null=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "pending_dms"
+        verbose_name = "pending DM"
+        indexes = [
+            models.Index(fields=["expires_at"], name="pending_dms_expiry",
+                         condition=Q(expires_at__isnull=False)),
+            models.Index(fields=["conversation", "created_at"], name="pending_dms_conv_time"),
+        ]
+
+
+class Delivery(models.Model):
+    """One target device's copy: its key wrap and whether it has ACKed."""
+
+    message = models.ForeignKey(PendingDm, on_delete=models.CASCADE, related_name="deliveries")
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="dms_deliveries")
+    wrap_nonce = models.CharField(max_length=16, null=True)
+    wrapped_key = models.CharField(max_length=64, null=True)
+    created_at = models.DateTimeField()
+    acked_at = models.DateTimeField(null=True)
+
+    class Meta:
+        db_table = "dm_deliveries"
+        constraints = [models.UniqueConstraint(fields=["message", "device"], name="dm_delivery_unique")]
+        indexes = [
+            # sync: a device's pending deliveries in id order
+            models.Index(fields=["device", "id"], name="dm_delivery_pending",
+                         condition=Q(acked_at__isnull=True)),
+            # purge: pending deliveries past max_undelivered_days
+            models.Index(fields=["created_at"], name="dm_delivery_pending_age",
+                         condition=Q(acked_at__isnull=True)),
+        ]
+
+    @property
+    def key_wrap(self) -> dict | None:
+        if self.wrapped_key is None:
+            return None
+        return {"nonce": self.wrap_nonce, "wrapped_key": self.wrapped_key}
+
+
+class KeyReceipt(models.Model):
+    """The recipient device holds the sender device's key `key_id` (§7)."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="+")
+    sender_device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    recipient_device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    key_id = models.CharField(max_length=44)
+    epoch = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "dm_key_receipts"
+        constraints = [models.UniqueConstraint(
+            fields=["conversation", "sender_device", "key_id", "recipient_device"], name="dm_receipt_unique")]
+
+
+class UsedMessageId(models.Model):
+    """A used message id, kept 7 days past its message so a late retry is
+    recognised (§7). Holds no content, only the first answer."""
+
+    message_id = models.UUIDField(primary_key=True)
+    sender_device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    ciphertext_sha256 = models.CharField(max_length=44)
+    response = models.JSONField()
+    created_at = models.DateTimeField()
+    message_gone_at = models.DateTimeField(null=True, db_index=True)
+
+    class Meta:
+        db_table = "dm_used_message_ids"

@@ -1,0 +1,133 @@
+import datetime as dt
+
+from django.db.models import Exists, OuterRef, Q, Subquery
+from django.utils import timezone
+
+from decentcom import protocol
+from decentcom.errors import ApiError
+from decentcom.timefmt import rfc3339
+from dms.models import Conversation, ConversationMember, Delivery, PendingDm, Policy, ServerSettings
+
+
+def server_settings_get() -> ServerSettings:
+    settings_row = ServerSettings.objects.filter(pk=1).first()
+    if settings_row is None:
+        settings_row, _ = ServerSettings.objects.get_or_create(pk=1)
+    return settings_row
+
+
+def conversation_participants_map(*, conversation_ids) -> dict:
+    """conversation id -> sorted participant user ids, in one query."""
+    result: dict = {cid: [] for cid in conversation_ids}
+    rows = (ConversationMember.objects.filter(conversation_id__in=list(conversation_ids))
+            .values_list("conversation_id", "user__username"))
+    for conversation_id, user_id in rows:
+        result[conversation_id].append(user_id)
+    for members in result.values():
+        members.sort()
+    return result
+
+
+def conversation_get_for_user(*, conversation_id, user) -> Conversation | None:
+    """The conversation if `user` participates in it, else None (a 404 to the caller)."""
+    return (Conversation.objects.select_related("created_by")
+            .filter(id=conversation_id, members__user=user).first())
+
+
+def conversation_list_for_user(*, user) -> list[Conversation]:
+    return list(Conversation.objects.select_related("created_by").filter(members__user=user)
+                .order_by("-last_activity_at", "-id"))
+
+
+def _encode_cursor(*parts) -> str:
+    return protocol.b64e("|".join(str(p) for p in parts).encode())
+
+
+def _decode_cursor(cursor: str, n: int) -> list[str]:
+    try:
+        parts = protocol.b64d(cursor).decode().split("|")
+    except (protocol.ProtocolError, UnicodeDecodeError):
+        parts = []
+    if len(parts) != n:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this server gave")
+    return parts
+
+
+def message_wire(message: PendingDm, *, wrap: dict | None) -> dict:
+    sender = message.sender_device
+    return {
+        "message_id": str(message.message_id),
+        "conversation_id": str(message.conversation_id),
+        "sender": sender.user.username,
+        "sender_device": sender.device_id,
+        "sender_certificate": sender.certificate,
+        "epoch": message.epoch,
+        "key_id": message.key_id,
+        "participants_sha256": message.participants_sha256,
+        "nonce": message.nonce,
+        "ciphertext": protocol.b64e(bytes(message.ciphertext)),
+        "signature": message.signature,
+        "key_wrap": wrap,
+        "created_at": rfc3339(message.created_at),
+        "expires_at": rfc3339(message.expires_at),
+        "policy": message.policy,
+    }
+
+
+def dm_list_pending_for_device(*, device, limit: int, after: str | None) -> dict:
+    """Sync (§7): the device's pending, unexpired deliveries, oldest first.
+    One query whatever the page size."""
+    try:
+        after_id = int(_decode_cursor(after, 1)[0]) if after else 0
+    except ValueError:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this server gave") from None
+    now = timezone.now()
+    conf = server_settings_get()
+    rows = list(
+        Delivery.objects.filter(device=device, acked_at__isnull=True, id__gt=after_id,
+                                created_at__gt=now - dt.timedelta(days=conf.max_undelivered_days))
+        .filter(Q(message__expires_at__isnull=True) | Q(message__expires_at__gt=now))
+        .select_related("message", "message__sender_device", "message__sender_device__user")
+        .order_by("id")[:limit + 1])
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    last_id = rows[-1].id if rows else after_id
+    return {"messages": [message_wire(d.message, wrap=d.key_wrap) for d in rows],
+            "has_more": has_more, "cursor": _encode_cursor(last_id)}
+
+
+def dm_list_history(*, conversation: Conversation, device, limit: int, before: str | None) -> dict:
+    """Stored ttl and permanent messages this device sent or received, newest first."""
+    now = timezone.now()
+    mine = Delivery.objects.filter(message=OuterRef("pk"), device=device)
+    messages = (PendingDm.objects.filter(conversation=conversation, policy__in=[Policy.TTL, Policy.PERMANENT])
+                .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+                .filter(Q(sender_device=device) | Exists(mine))
+                .annotate(my_wrap_nonce=Subquery(mine.values("wrap_nonce")[:1]),
+                          my_wrapped_key=Subquery(mine.values("wrapped_key")[:1]))
+                .select_related("sender_device", "sender_device__user"))
+    if before:
+        created, message_id = _decode_cursor(before, 2)
+        try:
+            created_at = dt.datetime.fromisoformat(created)
+            protocol.parse_uuid(message_id)
+        except (ValueError, protocol.ProtocolError):
+            raise ApiError(400, "invalid_cursor", "cursor is not one this server gave") from None
+        messages = messages.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, message_id__lt=message_id))
+    rows = list(messages.order_by("-created_at", "-message_id")[:limit + 1])
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = _encode_cursor(rows[-1].created_at.isoformat(), rows[-1].message_id) if rows else (before or "")
+    return {
+        "messages": [message_wire(m, wrap=None if m.my_wrapped_key is None else
+                                  {"nonce": m.my_wrap_nonce, "wrapped_key": m.my_wrapped_key}) for m in rows],
+        "has_more": has_more, "cursor": cursor,
+    }
+
+
+def pending_count_for_device(*, device) -> int:
+    now = timezone.now()
+    conf = server_settings_get()
+    return (Delivery.objects.filter(device=device, acked_at__isnull=True,
+                                    created_at__gt=now - dt.timedelta(days=conf.max_undelivered_days))
+            .filter(Q(message__expires_at__isnull=True) | Q(message__expires_at__gt=now)).count())

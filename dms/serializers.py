@@ -1,0 +1,112 @@
+from rest_framework import serializers
+
+from decentcom import protocol
+from decentcom.fields import B58KeyField, B64Field, StrictCharField, StrictIntegerField, UuidField
+from dms.models import Policy
+
+MAX_RECIPIENTS = 1000
+MAX_ACK_IDS = 500
+
+
+class RetentionSerializer(serializers.Serializer):
+    policy = serializers.ChoiceField(choices=Policy.values)
+    ttl_days = StrictIntegerField(required=False, allow_null=True, min_value=1)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        return {"policy": value["policy"], "ttl_days": value.get("ttl_days")}
+
+
+class ConversationOutput(serializers.Serializer):
+    conversation_id = serializers.UUIDField()
+    kind = serializers.ChoiceField(choices=["direct", "group"])
+    participants = serializers.ListField(child=serializers.CharField())
+    participants_sha256 = serializers.CharField()
+    created_by = serializers.CharField(allow_null=True)
+    epoch = serializers.IntegerField()
+    retention = RetentionSerializer()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class KeyWrapSerializer(serializers.Serializer):
+    nonce = B64Field(length=protocol.NONCE_LEN)
+    wrapped_key = B64Field(length=protocol.WRAPPED_KEY_LEN)
+
+
+class RecipientSerializer(serializers.Serializer):
+    device_id = B58KeyField()
+    key_wrap = KeyWrapSerializer(allow_null=True)
+
+
+class MessageOutput(serializers.Serializer):
+    message_id = serializers.UUIDField()
+    conversation_id = serializers.UUIDField()
+    sender = serializers.CharField()
+    sender_device = serializers.CharField()
+    sender_certificate = serializers.DictField()
+    epoch = serializers.IntegerField()
+    key_id = serializers.CharField()
+    participants_sha256 = serializers.CharField()
+    nonce = serializers.CharField()
+    ciphertext = serializers.CharField()
+    signature = serializers.CharField()
+    key_wrap = KeyWrapSerializer(allow_null=True)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    policy = serializers.ChoiceField(choices=Policy.values)
+
+
+class MessagePageOutput(serializers.Serializer):
+    messages = MessageOutput(many=True)
+    has_more = serializers.BooleanField()
+    cursor = serializers.CharField()
+
+
+class SendInput(serializers.Serializer):
+    message_id = UuidField()
+    conversation_id = UuidField()
+    epoch = StrictIntegerField(min_value=0)
+    key_id = B64Field(length=32)
+    participants_sha256 = B64Field(length=32)
+    retention = RetentionSerializer()
+    nonce = B64Field(length=protocol.NONCE_LEN)
+    ciphertext = B64Field()
+    signature = B64Field(length=protocol.SIGNATURE_LEN)
+    recipients = serializers.ListField(child=RecipientSerializer(), max_length=MAX_RECIPIENTS)
+
+    def validate_recipients(self, value):
+        ids = [r["device_id"] for r in value]
+        if len(ids) != len(set(ids)):
+            raise serializers.ValidationError("a device appears twice")
+        return value
+
+
+class SendOutput(serializers.Serializer):
+    message_id = serializers.UUIDField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    policy = serializers.ChoiceField(choices=Policy.values)
+    recipients = serializers.IntegerField()
+    unreachable = serializers.ListField(child=serializers.CharField())
+
+
+class SyncInput(serializers.Serializer):
+    limit = StrictIntegerField(required=False, min_value=1, max_value=500, default=100)
+    after = StrictCharField(required=False, allow_null=True, max_length=200)
+
+
+class AckInput(serializers.Serializer):
+    message_ids = serializers.ListField(child=UuidField(), required=False, default=list)
+    failed = serializers.ListField(child=UuidField(), required=False, default=list)
+    device_id = B58KeyField(required=False)
+
+    def validate(self, attrs):
+        if len(attrs["message_ids"]) + len(attrs["failed"]) > MAX_ACK_IDS:
+            raise serializers.ValidationError(f"at most {MAX_ACK_IDS} ids in all")
+        return attrs
+
+
+class AckOutput(serializers.Serializer):
+    acked = serializers.ListField(child=serializers.UUIDField())
+    unknown = serializers.ListField(child=serializers.UUIDField())

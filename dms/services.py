@@ -1,0 +1,508 @@
+"""Writes of the mailbox. Each service owns its transaction; gateway events
+are scheduled with `transaction.on_commit` only.
+
+Lock order, everywhere: conversation rows (by id), then pending_dms rows (by
+message_id), then deliveries. Send locks its conversation, so no send commits
+against an epoch a membership or device change has ended."""
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from decentcom import protocol
+from decentcom.errors import ApiError
+from decentcom.ratelimit import rate_limit_hit
+from decentcom.timefmt import rfc3339
+from devices.models import AuthSession, Challenge, Device, User
+from dms.models import (Conversation, ConversationMember, Delivery, KeyReceipt, PendingDm, Policy,
+                        ServerSettings, UsedMessageId)
+from dms.selectors import server_settings_get
+from gateway.models import GatewayTicket
+from gateway.notify import notify_devices_on_commit
+
+logger = logging.getLogger("dms.services")
+
+USED_ID_MEMORY = dt.timedelta(days=7)
+PURGE_CHUNK = 2000
+
+
+# --- retention (§8) ---------------------------------------------------------------
+
+def retention_resolve(*, retention: dict | None, conf: ServerSettings) -> dict:
+    """A conversation's retention, checked against the admin's limits."""
+    if retention is None:
+        policy = conf.default_policy
+        ttl_days = conf.default_ttl_days if policy == Policy.TTL else None
+        retention = {"policy": policy, "ttl_days": ttl_days}
+    policy, ttl_days = retention["policy"], retention.get("ttl_days")
+    if policy == Policy.TTL:
+        if ttl_days is None or not 1 <= ttl_days <= conf.max_ttl_days:
+            raise ApiError(400, "invalid_retention", f"ttl_days must be 1..{conf.max_ttl_days}",
+                           max_ttl_days=conf.max_ttl_days)
+    elif ttl_days is not None:
+        raise ApiError(400, "invalid_retention", f"ttl_days must be null for {policy}")
+    if policy == Policy.PERMANENT and not conf.allow_permanent:
+        raise ApiError(403, "permanent_not_allowed", "this server does not keep messages permanently")
+    return {"policy": policy, "ttl_days": ttl_days}
+
+
+def message_expiry(*, policy: str, ttl_days: int | None, created_at: dt.datetime,
+                   conf: ServerSettings) -> dt.datetime | None:
+    if policy == Policy.TTL:
+        return created_at + dt.timedelta(days=ttl_days)
+    if policy == Policy.BURN_ON_READ:
+        return created_at + dt.timedelta(days=conf.max_undelivered_days)
+    return None
+
+
+def server_settings_update(*, settings_row: ServerSettings) -> ServerSettings:
+    settings_row.pk = 1
+    settings_row.full_clean()
+    settings_row.save()
+    return settings_row
+
+
+# --- conversations (§5) -----------------------------------------------------------
+
+def _conversation_touch_epoch(conversation: Conversation, *, now, participants: list[str]) -> None:
+    conversation.epoch += 1
+    conversation.participants_sha256 = protocol.participants_sha256(participants)
+    conversation.updated_at = now
+    conversation.save(update_fields=["epoch", "participants_sha256", "updated_at"])
+
+
+def _lock_conversation(conversation_id) -> Conversation:
+    return (Conversation.objects.select_for_update(of=("self",)).select_related("created_by")
+            .get(id=conversation_id))
+
+
+def _participant_ids(conversation: Conversation) -> list[str]:
+    return sorted(ConversationMember.objects.filter(conversation=conversation)
+                  .values_list("user__username", flat=True))
+
+
+def _users_for(user_ids: list[str]) -> list[User]:
+    users = list(User.objects.filter(username__in=user_ids, is_key_user=True, is_active=True))
+    unknown = sorted(set(user_ids) - {u.username for u in users})
+    if unknown:
+        raise ApiError(400, "unknown_users", "every participant must be a registered user", users=unknown)
+    return users
+
+
+def conversation_create(*, user: User, participant_ids: list[str], retention: dict | None
+                        ) -> tuple[Conversation, bool]:
+    """A direct conversation (two users, unique per pair) or a new group."""
+    from dms.events import conversation_update_on_commit
+
+    conf = server_settings_get()
+    participant_ids = sorted(set(participant_ids) | {user.username})
+    if len(participant_ids) < 2:
+        raise ApiError(400, "too_few_participants", "a conversation needs at least one other user")
+    if len(participant_ids) > conf.max_participants:
+        raise ApiError(400, "too_many_participants", f"at most {conf.max_participants} participants",
+                       max_participants=conf.max_participants)
+    users = _users_for(participant_ids)
+    kind = Conversation.Kind.DIRECT if len(users) == 2 else Conversation.Kind.GROUP
+    direct_key = ":".join(participant_ids) if kind == Conversation.Kind.DIRECT else None
+    if direct_key:
+        existing = Conversation.objects.select_related("created_by").filter(direct_key=direct_key).first()
+        if existing is not None:
+            return existing, False
+    resolved = retention_resolve(retention=retention, conf=conf)
+    if kind == Conversation.Kind.GROUP:
+        wait = rate_limit_hit(scope="group-create", key=user.username,
+                              limit=conf.group_creation_rate_per_user, window_s=3600)
+        if wait:
+            raise ApiError(429, "rate_limited", "too many new groups", headers={"Retry-After": str(wait)})
+    if ConversationMember.objects.filter(user=user).count() >= conf.max_conversations_per_user:
+        raise ApiError(409, "conversation_limit_reached",
+                       f"at most {conf.max_conversations_per_user} conversations per user")
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            conversation = Conversation.objects.create(
+                kind=kind, direct_key=direct_key, created_by=user, epoch=1,
+                participants_sha256=protocol.participants_sha256(participant_ids),
+                retention_policy=resolved["policy"], retention_ttl_days=resolved["ttl_days"],
+                created_at=now, updated_at=now, last_activity_at=now)
+            ConversationMember.objects.bulk_create(
+                [ConversationMember(conversation=conversation, user=u, joined_at=now) for u in users])
+            conversation_update_on_commit(conversations=[conversation], actor=user, added=participant_ids)
+    except IntegrityError:
+        if direct_key is None:
+            raise
+        return Conversation.objects.select_related("created_by").get(direct_key=direct_key), False
+    return conversation, True
+
+
+def conversation_set_retention(*, conversation: Conversation, actor: User, retention: dict) -> Conversation:
+    from dms.events import conversation_update_on_commit
+
+    resolved = retention_resolve(retention=retention, conf=server_settings_get())
+    with transaction.atomic():
+        conversation = _lock_conversation(conversation.id)
+        if conversation.retention != resolved:
+            conversation.retention_policy = resolved["policy"]
+            conversation.retention_ttl_days = resolved["ttl_days"]
+            conversation.updated_at = timezone.now()
+            conversation.save(update_fields=["retention_policy", "retention_ttl_days", "updated_at"])
+            conversation_update_on_commit(conversations=[conversation], actor=actor)
+    return conversation
+
+
+def _group_only(conversation: Conversation) -> None:
+    if conversation.kind != Conversation.Kind.GROUP:
+        raise ApiError(409, "direct_conversation", "a direct conversation's participants never change")
+
+
+def conversation_add_participants(*, conversation: Conversation, actor: User, user_ids: list[str]) -> Conversation:
+    from dms.events import conversation_update_on_commit
+
+    _group_only(conversation)
+    conf = server_settings_get()
+    users = _users_for(sorted(set(user_ids)))
+    now = timezone.now()
+    with transaction.atomic():
+        conversation = _lock_conversation(conversation.id)
+        current = set(_participant_ids(conversation))
+        new = [u for u in users if u.username not in current]
+        if not new:
+            return conversation
+        participants = sorted(current | {u.username for u in new})
+        if len(participants) > conf.max_participants:
+            raise ApiError(400, "too_many_participants", f"at most {conf.max_participants} participants",
+                           max_participants=conf.max_participants)
+        ConversationMember.objects.bulk_create(
+            [ConversationMember(conversation=conversation, user=u, joined_at=now) for u in new])
+        _conversation_touch_epoch(conversation, now=now, participants=participants)
+        conversation_update_on_commit(conversations=[conversation], actor=actor,
+                                      added=[u.username for u in new])
+    return conversation
+
+
+def conversation_remove_participant(*, conversation: Conversation, actor: User, user_id: str) -> Conversation | None:
+    """Remove (by the creator) or leave. Returns None when the group was left empty and deleted."""
+    from dms.events import conversation_update_on_commit
+
+    _group_only(conversation)
+    if actor.username != user_id and conversation.created_by_id != actor.pk:
+        raise ApiError(403, "forbidden", "only the group's creator removes others; anyone may leave")
+    now = timezone.now()
+    with transaction.atomic():
+        conversation = _lock_conversation(conversation.id)
+        member = ConversationMember.objects.filter(conversation=conversation, user__username=user_id).first()
+        if member is None:
+            raise ApiError(404, "not_found", "not a participant")
+        member.delete()
+        device_ids = list(Device.objects.filter(user_id=member.user_id).values_list("pk", flat=True))
+        deliveries_drop_for_devices(device_ids=device_ids, conversation_ids=[conversation.id])
+        participants = _participant_ids(conversation)
+        if not participants:
+            messages_delete(message_ids=list(conversation.messages.values_list("message_id", flat=True)))
+            conversation.delete()
+            return None
+        _conversation_touch_epoch(conversation, now=now, participants=participants)
+        conversation_update_on_commit(conversations=[conversation], actor=actor, removed=[user_id])
+    return conversation
+
+
+def conversations_bump_epoch_for_users(*, user_ids: list[int], actor, now=None) -> list[Conversation]:
+    """A participant's set of active devices changed: bump the epoch of each of
+    their conversations (rows locked in id order) and tell the participants."""
+    from dms.events import conversation_update_on_commit
+
+    now = now or timezone.now()
+    conversation_ids = ConversationMember.objects.filter(user_id__in=user_ids).values("conversation_id")
+    conversations = list(Conversation.objects.select_for_update(of=("self",)).select_related("created_by")
+                         .filter(id__in=conversation_ids).order_by("id"))
+    if not conversations:
+        return []
+    Conversation.objects.filter(id__in=[c.id for c in conversations]).update(
+        epoch=F("epoch") + 1, updated_at=now)
+    for conversation in conversations:
+        conversation.epoch += 1
+        conversation.updated_at = now
+    conversation_update_on_commit(conversations=conversations, actor=actor)
+    return conversations
+
+
+# --- deleting messages ---------------------------------------------------------------
+
+def messages_delete(*, message_ids: list) -> int:
+    """Delete messages and their deliveries without reading ciphertext; their
+    used ids start their 7-day countdown. Call inside a transaction."""
+    if not message_ids:
+        return 0
+    Delivery.objects.filter(message_id__in=message_ids).delete()
+    # A plain DELETE: QuerySet.delete() would first load every row, ciphertext included.
+    deleted = PendingDm.objects.filter(message_id__in=message_ids)._raw_delete(PendingDm.objects.db)
+    UsedMessageId.objects.filter(message_id__in=message_ids).update(message_gone_at=timezone.now())
+    return deleted
+
+
+def messages_delete_burned(*, message_ids: list) -> int:
+    """Delete the `burn_on_read` messages among `message_ids` that have no pending delivery."""
+    if not message_ids:
+        return 0
+    still_pending = Delivery.objects.filter(message=OuterRef("pk"), acked_at__isnull=True)
+    burned = list(PendingDm.objects.filter(message_id__in=message_ids, policy=Policy.BURN_ON_READ)
+                  .filter(~Exists(still_pending)).values_list("message_id", flat=True))
+    return messages_delete(message_ids=burned)
+
+
+def deliveries_drop_for_devices(*, device_ids: list[int], conversation_ids: list | None = None) -> int:
+    """Drop pending deliveries of these devices (revocation, removal from a group).
+    Locks the parent messages in id order first, as ACK does."""
+    pending = Delivery.objects.filter(device_id__in=device_ids, acked_at__isnull=True)
+    if conversation_ids is not None:
+        pending = pending.filter(message__conversation_id__in=conversation_ids)
+    message_ids = list(PendingDm.objects.select_for_update().filter(
+        message_id__in=pending.values("message_id")).order_by("message_id").values_list("message_id", flat=True))
+    dropped = Delivery.objects.filter(device_id__in=device_ids, acked_at__isnull=True,
+                                      message_id__in=message_ids).delete()[0]
+    messages_delete_burned(message_ids=message_ids)
+    return dropped
+
+
+# --- send (§7) ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipient:
+    device_id: str
+    wrap: dict | None  # {"nonce": b64, "wrapped_key": b64}, already checked
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    message_id: str
+    conversation_id: str
+    epoch: int
+    key_id: str
+    participants_sha256: str
+    retention: dict
+    nonce: bytes
+    ciphertext: bytes
+    signature: bytes
+    recipients: list[Recipient]
+
+
+def dm_send_rate_check(*, device: Device) -> None:
+    """Check 2: every attempt counts, per device and per user."""
+    conf = server_settings_get()
+    for scope, key, limit in (("send-device", device.device_id, conf.send_rate_per_device),
+                              ("send-user", str(device.user_id), conf.send_rate_per_user)):
+        wait = rate_limit_hit(scope=scope, key=key, limit=limit, window_s=60)
+        if wait:
+            raise ApiError(429, "rate_limited", "too many messages, slow down", headers={"Retry-After": str(wait)})
+
+
+def dm_send(*, device: Device, request: SendRequest) -> tuple[bool, dict]:
+    """Checks 3-11 of §7, then store the message once with one delivery per
+    recipient. Returns (created, body): created False is a retry's first answer."""
+    conf = server_settings_get()
+    if len(request.ciphertext) > conf.max_ciphertext_bytes:
+        raise ApiError(413, "ciphertext_too_large", f"ciphertext is over {conf.max_ciphertext_bytes} bytes",
+                       max_bytes=conf.max_ciphertext_bytes)
+    ciphertext_sha256 = protocol.H(request.ciphertext)
+    signed = protocol.dm_signed_bytes(
+        ciphertext_sha256=ciphertext_sha256, conversation_id=request.conversation_id, epoch=request.epoch,
+        key_id=request.key_id, message_id=request.message_id, nonce=protocol.b64e(request.nonce),
+        participants_sha256=request.participants_sha256, sender_device=device.device_id)
+    if not protocol.verify(protocol.b58_key(device.device_id), signed, request.signature):
+        raise ApiError(400, "bad_signature", "the signature does not verify with your device key")
+    try:
+        with transaction.atomic():
+            return _dm_send_locked(device=device, request=request, conf=conf, ciphertext_sha256=ciphertext_sha256)
+    except IntegrityError:
+        # A concurrent send with the same message_id committed first.
+        return _dm_send_replay(device=device, message_id=request.message_id, ciphertext_sha256=ciphertext_sha256)
+
+
+def _dm_send_replay(*, device: Device, message_id: str, ciphertext_sha256: str) -> tuple[bool, dict]:
+    used = UsedMessageId.objects.filter(message_id=message_id).first()
+    if used is None:
+        raise ApiError(409, "duplicate_message_id", "message_id was used concurrently; send again")
+    if used.sender_device_id == device.pk and used.ciphertext_sha256 == ciphertext_sha256:
+        return False, used.response
+    raise ApiError(409, "duplicate_message_id", "this message_id is already used")
+
+
+def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSettings,
+                    ciphertext_sha256: str) -> tuple[bool, dict]:
+    # 5
+    if UsedMessageId.objects.filter(message_id=request.message_id).exists():
+        return _dm_send_replay(device=device, message_id=request.message_id, ciphertext_sha256=ciphertext_sha256)
+    # 6
+    conversation = (Conversation.objects.select_for_update(of=("self",))
+                    .filter(id=request.conversation_id, members__user_id=device.user_id).first())
+    if conversation is None:
+        raise ApiError(404, "not_found", "no such conversation")
+    members = dict(ConversationMember.objects.filter(conversation=conversation)
+                   .values_list("user_id", "user__username"))
+    # 7
+    if request.epoch != conversation.epoch or request.participants_sha256 != conversation.participants_sha256:
+        raise ApiError(409, "stale_epoch", "the conversation has moved to another epoch",
+                       epoch=conversation.epoch, participants=sorted(members.values()))
+    # 8
+    if request.retention != conversation.retention:
+        raise ApiError(409, "retention_changed", "the conversation's retention has changed",
+                       retention=conversation.retention)
+    # 9
+    now = timezone.now()
+    active = {device_id: (pk, user_id) for pk, device_id, user_id in
+              Device.objects.active(now).filter(user_id__in=members).values_list("pk", "device_id", "user_id")}
+    active.pop(device.device_id, None)
+    given = {r.device_id for r in request.recipients}
+    missing, extra = sorted(set(active) - given), sorted(given - set(active))
+    if missing or extra:
+        raise ApiError(409, "mismatched_devices", "recipients must be every active device of the participants",
+                       missing=missing, extra=extra)
+    # 10
+    recipient_pks = {r.device_id: active[r.device_id][0] for r in request.recipients}
+    with_receipt = set(KeyReceipt.objects.filter(
+        conversation=conversation, sender_device=device, key_id=request.key_id,
+        recipient_device_id__in=recipient_pks.values()).values_list("recipient_device_id", flat=True))
+    unwrapped = sorted(r.device_id for r in request.recipients
+                       if r.wrap is None and recipient_pks[r.device_id] not in with_receipt)
+    if unwrapped:
+        raise ApiError(409, "missing_key_wraps", "these devices need a key wrap", devices=unwrapped)
+    # 11
+    pending = dict(Delivery.objects.filter(device_id__in=recipient_pks.values(), acked_at__isnull=True)
+                   .values("device_id").annotate(n=Count("id")).values_list("device_id", "n"))
+    full = sorted(d for d, pk in recipient_pks.items() if pending.get(pk, 0) >= conf.pending_quota)
+    if full:
+        raise ApiError(429, "mailbox_full", "a recipient's mailbox is full", devices=full)
+
+    policy, ttl_days = conversation.retention_policy, conversation.retention_ttl_days
+    expires_at = message_expiry(policy=policy, ttl_days=ttl_days, created_at=now, conf=conf)
+    with_devices = {user_id for _, user_id in active.values()} | {device.user_id}
+    body = {
+        "message_id": request.message_id, "created_at": rfc3339(now), "expires_at": rfc3339(expires_at),
+        "policy": policy, "recipients": len(request.recipients),
+        "unreachable": sorted(name for uid, name in members.items() if uid not in with_devices),
+    }
+    UsedMessageId.objects.create(message_id=request.message_id, sender_device=device,
+                                 ciphertext_sha256=ciphertext_sha256, response=body, created_at=now)
+    PendingDm.objects.create(
+        message_id=request.message_id, conversation=conversation, sender_device=device, epoch=request.epoch,
+        key_id=request.key_id, participants_sha256=request.participants_sha256,
+        nonce=protocol.b64e(request.nonce), ciphertext=request.ciphertext, ciphertext_sha256=ciphertext_sha256,
+        signature=protocol.b64e(request.signature), policy=policy, ttl_days=ttl_days,
+        created_at=now, expires_at=expires_at)
+    Delivery.objects.bulk_create([
+        Delivery(message_id=request.message_id, device_id=recipient_pks[r.device_id], created_at=now,
+                 wrap_nonce=r.wrap["nonce"] if r.wrap else None,
+                 wrapped_key=r.wrap["wrapped_key"] if r.wrap else None)
+        for r in request.recipients])
+    Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=now)
+    notify_devices_on_commit(events={
+        r.device_id: ("DM_NOTIFY", {"pending_count": pending.get(recipient_pks[r.device_id], 0) + 1,
+                                    "conversation_id": request.conversation_id,
+                                    "message_id": request.message_id})
+        for r in request.recipients})
+    return True, body
+
+
+# --- ack (§7) ----------------------------------------------------------------------
+
+def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict:
+    """End the caller's deliveries; `message_ids` (not `failed`) make receipts.
+    Idempotent; one transaction; parent rows locked in id order first."""
+    failed_set = set(failed)
+    requested = sorted(set(message_ids) | failed_set)
+    now = timezone.now()
+    with transaction.atomic():
+        mine = Delivery.objects.filter(device=device, message_id__in=requested)
+        locked = list(PendingDm.objects.select_for_update()
+                      .filter(message_id__in=mine.values("message_id")).order_by("message_id")
+                      .values_list("message_id", "policy", "conversation_id", "sender_device_id", "key_id", "epoch"))
+        known = {str(row[0]): row for row in locked}
+        deliveries = {str(mid): has_wrap for mid, has_wrap in
+                      mine.filter(message_id__in=[row[0] for row in locked], acked_at__isnull=True)
+                      .values_list("message_id", "wrapped_key")}
+        if deliveries:
+            Delivery.objects.filter(device=device, message_id__in=list(deliveries), acked_at__isnull=True
+                                    ).update(acked_at=now)
+        KeyReceipt.objects.bulk_create([
+            KeyReceipt(conversation_id=known[mid][2], sender_device_id=known[mid][3], key_id=known[mid][4],
+                       epoch=known[mid][5], recipient_device=device, created_at=now)
+            for mid, wrapped_key in deliveries.items() if wrapped_key is not None and mid not in failed_set
+        ], ignore_conflicts=True)
+        messages_delete_burned(message_ids=[row[0] for row in locked if row[1] == Policy.BURN_ON_READ])
+    return {"acked": sorted(known), "unknown": sorted(set(requested) - set(known))}
+
+
+# --- purge (§8) --------------------------------------------------------------------
+
+def _chunks_locked(queryset, *, field: str, chunk: int):
+    """Yield lists of ids, each locked (skipping rows others hold) inside its own transaction."""
+    while True:
+        with transaction.atomic():
+            ids = list(queryset.select_for_update(skip_locked=True, of=("self",)).order_by(field)
+                       .values_list(field, flat=True)[:chunk])
+            if ids:
+                yield ids
+        if len(ids) < chunk:
+            return
+
+
+def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PURGE_CHUNK) -> dict:
+    """Delete what policy says must go, in chunks of one transaction each,
+    never waiting on an ACK's locks. Returns the counts; logs them."""
+    from devices.services import device_revoke
+
+    started = time.monotonic()
+    conf = server_settings_get()
+    undelivered_cutoff = now - dt.timedelta(days=conf.max_undelivered_days)
+    expired_messages = PendingDm.objects.filter(expires_at__lte=now)
+    stale_deliveries = PendingDm.objects.filter(
+        Exists(Delivery.objects.filter(message=OuterRef("pk"), acked_at__isnull=True,
+                                       created_at__lte=undelivered_cutoff)))
+    orphan_burns = PendingDm.objects.filter(policy=Policy.BURN_ON_READ).filter(
+        ~Exists(Delivery.objects.filter(message=OuterRef("pk"), acked_at__isnull=True)))
+    expired_devices = Device.objects.filter(revoked_at__isnull=True, expires_at__lte=now)
+    old_receipts = KeyReceipt.objects.filter(epoch__lt=F("conversation__epoch"))
+    forgotten_ids = UsedMessageId.objects.filter(message_gone_at__lte=now - USED_ID_MEMORY)
+    housekeeping = {
+        "challenges": Challenge.objects.filter(expires_at__lte=now),
+        "sessions": AuthSession.objects.filter(expires_at__lte=now),
+        "gateway_tickets": GatewayTicket.objects.filter(expires_at__lte=now),
+        "used_message_ids": forgotten_ids,
+    }
+    if dry_run:
+        counts = {
+            "expired_messages": expired_messages.count(),
+            "undelivered_deliveries": Delivery.objects.filter(acked_at__isnull=True,
+                                                              created_at__lte=undelivered_cutoff).count(),
+            "burned_messages": orphan_burns.count(),
+            "expired_devices": expired_devices.count(),
+            "past_epoch_receipts": old_receipts.count(),
+            **{name: qs.count() for name, qs in housekeeping.items()},
+        }
+        logger.info("purge dry run as of %s: %s", rfc3339(now), counts)
+        return counts
+
+    counts = dict.fromkeys(["expired_messages", "undelivered_deliveries", "burned_messages", "expired_devices",
+                            "past_epoch_receipts", *housekeeping], 0)
+    for device in expired_devices:
+        device_revoke(device=device, reason="expired")
+        counts["expired_devices"] += 1
+    for ids in _chunks_locked(expired_messages, field="message_id", chunk=chunk):
+        counts["expired_messages"] += messages_delete(message_ids=ids)
+    for ids in _chunks_locked(stale_deliveries, field="message_id", chunk=chunk):
+        counts["undelivered_deliveries"] += Delivery.objects.filter(
+            message_id__in=ids, acked_at__isnull=True, created_at__lte=undelivered_cutoff).delete()[0]
+        counts["burned_messages"] += messages_delete_burned(message_ids=ids)
+    for ids in _chunks_locked(orphan_burns, field="message_id", chunk=chunk):
+        counts["burned_messages"] += messages_delete_burned(message_ids=ids)
+    for ids in _chunks_locked(old_receipts, field="id", chunk=chunk):
+        counts["past_epoch_receipts"] += KeyReceipt.objects.filter(id__in=ids).delete()[0]
+    for name, queryset in housekeeping.items():
+        counts[name] = queryset.delete()[0]
+    logger.info("purge as of %s: %s in %.3f s", rfc3339(now), counts, time.monotonic() - started)
+    return counts
+

@@ -1,0 +1,63 @@
+"""Gateway events, sent only after the transaction that caused them commits.
+
+The WebSocket is a doorbell: payloads carry ids and counts, the mailbox is the
+database. Sending is best effort: if the channel layer is down the failure is
+logged and the device finds its mail on its next sync or HELLO."""
+import asyncio
+import logging
+import time
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+logger = logging.getLogger("gateway.notify")
+
+
+def device_group(device_id: str) -> str:
+    return f"device.{device_id}"
+
+
+def user_group(user_id: str) -> str:
+    return f"user.{user_id}"
+
+
+def frame(op: str, d: dict) -> dict:
+    return {"op": op, "d": d, "t": int(time.time() * 1000)}
+
+
+async def _group_send_all(messages: list[tuple[str, dict]]) -> None:
+    layer = get_channel_layer()
+    results = await asyncio.gather(*(layer.group_send(g, m) for g, m in messages), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        logger.warning("gateway notify: %d of %d sends failed (%s)", len(failed), len(messages),
+                       type(failed[0]).__name__)
+
+
+def _send_now(messages: list[tuple[str, dict]]) -> None:
+    if not messages:
+        return
+    try:
+        async_to_sync(_group_send_all)(messages)
+    except Exception as exc:  # noqa: BLE001 - notification never breaks a committed write
+        logger.warning("gateway notify failed: %s", type(exc).__name__)
+
+
+def _on_commit(messages: list[tuple[str, dict]]) -> None:
+    transaction.on_commit(lambda messages=messages: _send_now(messages))
+
+
+def notify_devices_on_commit(*, events: dict[str, tuple[str, dict]]) -> None:
+    """`events`: device_id -> (op, d). Each device gets its own frame."""
+    _on_commit([(device_group(device_id), {"type": "gateway.event", "op": op, "d": d})
+                for device_id, (op, d) in events.items()])
+
+
+def notify_users_on_commit(*, user_ids, op: str, d: dict) -> None:
+    message = {"type": "gateway.event", "op": op, "d": d}
+    _on_commit([(user_group(user_id), message) for user_id in sorted(set(user_ids))])
+
+
+def close_device_connections_on_commit(*, device_id: str, code: int) -> None:
+    _on_commit([(device_group(device_id), {"type": "gateway.close", "code": code})])

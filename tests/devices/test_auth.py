@@ -1,0 +1,244 @@
+import datetime as dt
+import time
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from decentcom import protocol
+from devices.models import AuthSession, Challenge, Device, User
+from dms.selectors import server_settings_get
+from tests.factories import Keys, challenge, issue_cert, login, make_person, verify
+
+pytestmark = pytest.mark.django_db
+
+
+def test_challenge_is_32_random_bytes_bound_to_key():
+    client, keys = APIClient(), Keys()
+    response = client.post("/api/v1/auth/challenge", {"pubkey": keys.id}, format="json")
+    assert response.status_code == 200
+    body = response.json()
+    assert len(protocol.b64d(body["challenge"])) == 32
+    assert body["expires_at"].endswith("Z")
+    assert Challenge.objects.get(challenge=body["challenge"]).pubkey == keys.id
+
+
+def test_master_login_registers_user_and_gives_master_session():
+    client, master = APIClient(), Keys()
+    response = verify(client, master)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["user_id"] == master.id and body["device_id"] is None
+    user = User.objects.get(username=master.id)
+    assert user.is_key_user and not user.has_usable_password()
+    # only the SHA-256 of the token is stored
+    session = AuthSession.objects.get(user=user)
+    assert session.token_sha256 != body["token"] and body["token"] not in session.token_sha256
+    assert session.expires_at - session.created_at == dt.timedelta(hours=24)
+
+
+def test_device_login_with_certificate_registers_device_then_without():
+    master, device = Keys(), Keys()
+    cert = issue_cert(master, device, name="phone")
+    body = verify(APIClient(), device, certificate=cert).json()
+    assert body["device_id"] == device.id and body["user_id"] == master.id
+    assert Device.objects.get(device_id=device.id).user.username == master.id
+    again = verify(APIClient(), device)
+    assert again.status_code == 200 and again.json()["device_id"] == device.id
+
+
+def test_reused_challenge_refused():
+    client, keys = APIClient(), Keys()
+    c = challenge(client, keys)
+    assert verify(client, keys, challenge_b64=c).status_code == 200
+    second = verify(client, keys, challenge_b64=c)
+    assert second.status_code == 401 and second.json()["error"] == "invalid_challenge"
+
+
+def test_expired_challenge_refused():
+    client, keys = APIClient(), Keys()
+    c = challenge(client, keys)
+    Challenge.objects.filter(challenge=c).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    assert verify(client, keys, challenge_b64=c).status_code == 401
+
+
+def test_challenge_issued_to_another_key_refused():
+    client, alice, mallory = APIClient(), Keys(), Keys()
+    c = challenge(client, alice)
+    response = verify(client, mallory, challenge_b64=c)
+    assert response.status_code == 401
+    assert Challenge.objects.filter(challenge=c).exists()  # alice's challenge is not burnt
+
+
+def test_unknown_challenge_refused():
+    response = verify(APIClient(), Keys(), challenge_b64=protocol.b64e(b"\x01" * 32))
+    assert response.status_code == 401
+
+
+def test_wrong_signature_refused():
+    client, keys, other = APIClient(), Keys(), Keys()
+    c = challenge(client, keys)
+    signed = protocol.auth_signed_bytes(challenge=c, pubkey=keys.id, server="http://testserver")
+    response = client.post("/api/v1/auth/verify", {
+        "pubkey": keys.id, "challenge": c, "signature": protocol.b64e(other.sign(signed))}, format="json")
+    assert response.status_code == 401 and response.json()["error"] == "bad_signature"
+
+
+def test_signature_for_another_server_refused():
+    response = verify(APIClient(), Keys(), origin="https://other.example")
+    assert response.status_code == 401 and response.json()["error"] == "bad_signature"
+
+
+@override_settings(PUBLIC_URL="https://DM.example.org:443/")
+def test_public_url_is_the_signed_origin():
+    assert verify(APIClient(), Keys(), origin="https://dm.example.org").status_code == 200
+    assert verify(APIClient(), Keys()).status_code == 401
+
+
+def test_proxy_header_sets_the_scheme_of_the_origin():
+    client, keys = APIClient(), Keys()
+    c = challenge(client, keys)
+    signed = protocol.auth_signed_bytes(challenge=c, pubkey=keys.id, server="https://testserver")
+    response = client.post("/api/v1/auth/verify", {
+        "pubkey": keys.id, "challenge": c, "signature": protocol.b64e(keys.sign(signed))},
+        format="json", HTTP_X_FORWARDED_PROTO="https", HTTP_HOST="testserver")
+    assert response.status_code == 200
+
+
+def test_forged_certificate_refused():
+    master, device, mallory = Keys(), Keys(), Keys()
+    cert = issue_cert(mallory, device)
+    cert["master"] = master.id  # claims master, signed by mallory
+    response = verify(APIClient(), device, certificate=cert)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert not Device.objects.exists()
+
+
+def test_expired_certificate_refused():
+    master, device = Keys(), Keys()
+    now = int(time.time())
+    cert = issue_cert(master, device, issued_at=now - 100, expires_at=now - 1)
+    response = verify(APIClient(), device, certificate=cert)
+    assert response.status_code == 403 and response.json()["error"] == "certificate_expired"
+
+
+def test_certificate_from_the_future_refused():
+    master, device = Keys(), Keys()
+    cert = issue_cert(master, device, issued_at=int(time.time()) + 3600)
+    assert verify(APIClient(), device, certificate=cert).status_code == 400
+
+
+def test_certificate_with_unknown_permission_refused():
+    master, device = Keys(), Keys()
+    cert = issue_cert(master, device, permissions=["launch_missiles"])
+    assert verify(APIClient(), device, certificate=cert).status_code == 400
+
+
+def test_certificate_for_another_device_key_refused():
+    master, device, other = Keys(), Keys(), Keys()
+    response = verify(APIClient(), device, certificate=issue_cert(master, other))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_certificate"
+
+
+def test_device_session_expires_with_its_certificate():
+    master, device = Keys(), Keys()
+    now = int(time.time())
+    client = login(device, certificate=issue_cert(master, device, expires_at=now + 3600))
+    assert client.get("/api/v1/devices").status_code == 200
+    Device.objects.filter(device_id=device.id).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    assert client.get("/api/v1/devices").status_code == 401
+    response = verify(APIClient(), device)
+    assert response.status_code == 403 and response.json()["error"] == "certificate_expired"
+
+
+def test_logout_ends_the_token():
+    client = login(Keys())
+    assert client.get("/api/v1/devices").status_code == 200
+    assert client.post("/api/v1/auth/logout").status_code == 204
+    response = client.get("/api/v1/devices")
+    assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+
+
+def test_expired_token_refused():
+    client = login(Keys())
+    AuthSession.objects.update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    assert client.get("/api/v1/devices").status_code == 401
+
+
+def test_missing_and_malformed_authorization():
+    client = APIClient()
+    response = client.get("/api/v1/devices")
+    assert response.status_code == 401 and response.json()["error"] == "not_authenticated"
+    client.credentials(HTTP_AUTHORIZATION="Token abc")
+    assert client.get("/api/v1/devices").status_code == 401
+
+
+def test_master_session_cannot_use_dms():
+    person = make_person(1)
+    response = person.master_client().get("/api/v1/dms/conversations")
+    assert response.status_code == 403 and response.json()["error"] == "device_session_required"
+
+
+def test_challenge_rate_limit_per_key():
+    conf = server_settings_get()
+    conf.challenge_rate_per_key = 2
+    conf.save()
+    client, keys = APIClient(), Keys()
+    for _ in range(2):
+        challenge(client, keys)
+    response = client.post("/api/v1/auth/challenge", {"pubkey": keys.id}, format="json")
+    assert response.status_code == 429 and response.json()["error"] == "rate_limited"
+    assert 1 <= int(response["Retry-After"]) <= 60
+    challenge(client, Keys())  # another key is still served
+
+
+def test_challenge_rate_limit_per_client_address():
+    conf = server_settings_get()
+    conf.challenge_rate_per_ip = 3
+    conf.save()
+    client = APIClient()
+    for _ in range(3):
+        challenge(client, Keys())
+    assert client.post("/api/v1/auth/challenge", {"pubkey": Keys().id}, format="json").status_code == 429
+    other = APIClient(REMOTE_ADDR="10.9.9.9")
+    assert other.post("/api/v1/auth/challenge", {"pubkey": Keys().id}, format="json").status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"pubkey": 5},
+    {"pubkey": "11111111111111111111111111111111"},
+    {"pubkey": "1111111111111111111111111111111"},
+    {"pubkey": "0OIl1111111111111111111111111111"},
+])
+def test_bad_challenge_requests_are_400(body):
+    response = APIClient().post("/api/v1/auth/challenge", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request" and "pubkey" in response.json()["fields"]
+
+
+def test_malformed_json_is_400():
+    response = APIClient().post("/api/v1/auth/challenge", "{not json", content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"] == "malformed_json"
+
+
+@pytest.mark.parametrize("signature", ["AAF=", "AAE", "AA-_", "AAE=\n", protocol.b64e(b"\x00" * 63), 7])
+def test_bad_signature_encodings_are_400(signature):
+    client, keys = APIClient(), Keys()
+    c = challenge(client, keys)
+    response = client.post("/api/v1/auth/verify", {"pubkey": keys.id, "challenge": c, "signature": signature},
+                           format="json")
+    assert response.status_code == 400 and "signature" in response.json()["fields"]
+
+
+def test_vector_rejected_certificates_are_400(vectors):
+    for case in vectors["reject"]["certificate"]:
+        device = Keys()
+        response = verify(APIClient(), device, certificate=case["wire"])
+        assert response.status_code == 400, case["why"]
+
+
+def test_unknown_api_path_is_json_404():
+    response = APIClient().get("/api/v1/nope")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"

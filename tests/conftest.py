@@ -33,3 +33,34 @@ def vectors():
     from pathlib import Path
 
     return json.loads((Path(__file__).parent / "vectors.json").read_text())
+
+
+@pytest.fixture
+def live_database():
+    from tests.live import LiveDatabase
+
+    database = LiveDatabase()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def daphne_factory(live_database):
+    """Start daphne processes on `live_database`; all are stopped at teardown."""
+    from tests.live import LiveServer
+
+    servers = []
+
+    def start(**kwargs):
+        server = LiveServer(live_database, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def daphne_server(daphne_factory):
+    return daphne_factory()

@@ -45,6 +45,17 @@ class ServerSettings(models.Model):
     def __str__(self):
         return "Server settings"
 
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        errors = {}
+        if self.default_ttl_days > self.max_ttl_days:
+            errors["default_ttl_days"] = "must not exceed max_ttl_days"
+        if self.default_policy == Policy.PERMANENT and not self.allow_permanent:
+            errors["default_policy"] = "permanent needs allow_permanent"
+        if errors:
+            raise ValidationError(errors)
+
 
 class Conversation(models.Model):
     class Kind(models.TextChoices):

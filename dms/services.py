@@ -317,9 +317,12 @@ def dm_send(*, device: Device, request: SendRequest) -> tuple[bool, dict]:
     try:
         with transaction.atomic():
             return _dm_send_locked(device=device, request=request, conf=conf, ciphertext_sha256=ciphertext_sha256)
-    except IntegrityError:
-        # A concurrent send with the same message_id committed first.
+    except _ConcurrentDuplicate:
         return _dm_send_replay(device=device, message_id=request.message_id, ciphertext_sha256=ciphertext_sha256)
+
+
+class _ConcurrentDuplicate(Exception):
+    """A concurrent send with the same message_id committed first."""
 
 
 def _dm_send_replay(*, device: Device, message_id: str, ciphertext_sha256: str) -> tuple[bool, dict]:
@@ -385,8 +388,12 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
         "policy": policy, "recipients": len(request.recipients),
         "unreachable": sorted(name for uid, name in members.items() if uid not in with_devices),
     }
-    UsedMessageId.objects.create(message_id=request.message_id, sender_device=device,
-                                 ciphertext_sha256=ciphertext_sha256, response=body, created_at=now)
+    try:
+        with transaction.atomic():
+            UsedMessageId.objects.create(message_id=request.message_id, sender_device=device,
+                                         ciphertext_sha256=ciphertext_sha256, response=body, created_at=now)
+    except IntegrityError:
+        raise _ConcurrentDuplicate from None
     PendingDm.objects.create(
         message_id=request.message_id, conversation=conversation, sender_device=device, epoch=request.epoch,
         key_id=request.key_id, participants_sha256=request.participants_sha256,

@@ -99,3 +99,100 @@ def make_person(n_devices: int = 1) -> Person:
     for i in range(n_devices):
         person.add_device(name=f"device {i + 1}")
     return person
+
+
+# --- the mailbox, with real crypto (§6) ------------------------------------------
+
+def create_conversation(device: Device, participants: list[str], retention: dict | None = None,
+                        expect: int | None = None) -> dict:
+    body = {"participants": participants}
+    if retention is not None:
+        body["retention"] = retention
+    response = device.client.post("/api/v1/dms/conversations", body, format="json")
+    if expect is not None:
+        assert response.status_code == expect, response.content
+    else:
+        assert response.status_code in (200, 201), response.content
+    return response.json()
+
+
+def directory(client: APIClient, user_ids: list[str]) -> list[str]:
+    ids = []
+    for user_id in user_ids:
+        ids += [d["device_id"] for d in client.get(f"/api/v1/users/{user_id}/devices").json()["devices"]]
+    return ids
+
+
+def build_send(sender: Device, conversation: dict, *, text: str = "hello", group_key: bytes | None = None,
+               recipients: list[str] | None = None, wrap_for: list[str] | None = None,
+               message_id: str | None = None, seq: int = 1, ciphertext: bytes | None = None) -> dict:
+    """A signed send request. `recipients` default: every active device of the
+    participants but the sender; `wrap_for` default: all of them."""
+    import json as _json
+    import uuid as _uuid
+
+    cid, epoch = conversation["conversation_id"], conversation["epoch"]
+    group_key = group_key or os.urandom(32)
+    if recipients is None:
+        recipients = [d for d in directory(sender.client, conversation["participants"]) if d != sender.id]
+    wrap_for = recipients if wrap_for is None else wrap_for
+    message_id = message_id or str(_uuid.uuid4())
+    nonce = os.urandom(12)
+    if ciphertext is None:
+        plaintext = _json.dumps({"type": "text", "body": text, "sent_at": int(time.time() * 1000), "seq": seq})
+        aad = protocol.dm_aad(conversation_id=cid, epoch=epoch, message_id=message_id, sender_device=sender.id)
+        ciphertext = protocol.aead_encrypt(group_key, nonce, protocol.pad(plaintext.encode()), aad)
+    kid = protocol.key_id(group_key)
+    signed = protocol.dm_signed_bytes(
+        ciphertext_sha256=protocol.H(ciphertext), conversation_id=cid, epoch=epoch, key_id=kid,
+        message_id=message_id, nonce=protocol.b64e(nonce),
+        participants_sha256=conversation["participants_sha256"], sender_device=sender.id)
+    return {
+        "message_id": message_id, "conversation_id": cid, "epoch": epoch, "key_id": kid,
+        "participants_sha256": conversation["participants_sha256"], "retention": conversation["retention"],
+        "nonce": protocol.b64e(nonce), "ciphertext": protocol.b64e(ciphertext),
+        "signature": protocol.b64e(sender.keys.sign(signed)),
+        "recipients": [{"device_id": r, "key_wrap": protocol.key_wrap(
+            sender_seed=sender.keys.seed, sender_device=sender.id, recipient_device=r,
+            conversation_id=cid, epoch=epoch, group_key=group_key) if r in wrap_for else None}
+            for r in recipients],
+    }
+
+
+def send(sender: Device, body: dict):
+    return sender.client.post("/api/v1/dms/send", body, format="json")
+
+
+def sync(device: Device, **body) -> dict:
+    response = device.client.post("/api/v1/dms/sync", body, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def ack(device: Device, message_ids=(), failed=()) -> dict:
+    response = device.client.post("/api/v1/dms/ack", {"message_ids": list(message_ids), "failed": list(failed)},
+                                  format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def open_message(device: Device, msg: dict, *, group_key: bytes | None = None) -> dict:
+    """Receive as §6 says: check the signature, unwrap, check key_id, decrypt, unpad."""
+    import json as _json
+
+    signed = protocol.dm_signed_bytes(
+        ciphertext_sha256=protocol.H(protocol.b64d(msg["ciphertext"])), conversation_id=msg["conversation_id"],
+        epoch=msg["epoch"], key_id=msg["key_id"], message_id=msg["message_id"], nonce=msg["nonce"],
+        participants_sha256=msg["participants_sha256"], sender_device=msg["sender_device"])
+    assert protocol.verify(protocol.b58_key(msg["sender_device"]), signed, protocol.b64d(msg["signature"]))
+    protocol.cert_check_client(msg["sender_certificate"], user_id=msg["sender"], device_id=msg["sender_device"],
+                               now=int(time.time()))
+    if group_key is None:
+        group_key = protocol.key_unwrap(
+            recipient_seed=device.keys.seed, recipient_device=device.id, sender_device=msg["sender_device"],
+            conversation_id=msg["conversation_id"], epoch=msg["epoch"], wrap=msg["key_wrap"])
+    assert protocol.key_id(group_key) == msg["key_id"]
+    aad = protocol.dm_aad(conversation_id=msg["conversation_id"], epoch=msg["epoch"],
+                          message_id=msg["message_id"], sender_device=msg["sender_device"])
+    padded = protocol.aead_decrypt(group_key, protocol.b64d(msg["nonce"]), protocol.b64d(msg["ciphertext"]), aad)
+    return _json.loads(protocol.unpad(padded))

@@ -1,0 +1,146 @@
+"""Metadata only: ciphertext and key wraps are never loaded nor shown."""
+
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.db.models.functions import Length
+from django.http import HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils import timezone
+
+from dms import services
+from dms.models import Conversation, Delivery, PendingDm, ServerSettings
+from dms.selectors import server_settings_get
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ServerSettings)
+class ServerSettingsAdmin(admin.ModelAdmin):
+    fieldsets = (
+        ("Retention", {"fields": ("default_policy", "default_ttl_days", "max_ttl_days", "allow_permanent",
+                                  "max_undelivered_days")}),
+        ("Limits", {"fields": ("max_ciphertext_bytes", "max_participants", "max_devices_per_user",
+                               "max_conversations_per_user", "pending_quota", "max_gateway_connections_per_device")}),
+        ("Rate limits", {"fields": ("send_rate_per_device", "send_rate_per_user", "challenge_rate_per_key",
+                                    "challenge_rate_per_ip", "registration_rate_per_user",
+                                    "group_creation_rate_per_user")}),
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        row = server_settings_get()
+        return HttpResponseRedirect(reverse("admin:dms_serversettings_change", args=[row.pk]))
+
+    def save_model(self, request, obj, form, change):
+        services.server_settings_update(settings_row=obj)
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    fields = ("device", "created_at", "acked_at", "has_key_wrap")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("device").defer("wrap_nonce", "wrapped_key").annotate(
+            wrap_len=Length("wrapped_key"))
+
+    @admin.display(boolean=True, description="key wrap")
+    def has_key_wrap(self, obj):
+        return bool(obj.wrap_len)
+
+
+@admin.register(PendingDm)
+class PendingDmAdmin(ReadOnlyAdmin):
+    list_display = ("message_id", "conversation_id", "sender_device", "policy", "size_bytes", "sha256_prefix",
+                    "pending_deliveries", "acked_deliveries", "created_at", "expires_at")
+    list_filter = ("policy",)
+    fields = ("message_id", "conversation", "sender_device", "epoch", "policy", "ttl_days", "size_bytes",
+              "sha256_prefix", "created_at", "expires_at")
+    readonly_fields = fields
+    inlines = [DeliveryInline]
+    list_select_related = ("sender_device",)
+
+    def get_queryset(self, request):
+        return (super().get_queryset(request)
+                .defer("ciphertext", "signature", "nonce", "key_id")
+                .annotate(size=Length("ciphertext"),
+                          pending=Count("deliveries", filter=Q(deliveries__acked_at__isnull=True)),
+                          acked=Count("deliveries", filter=Q(deliveries__acked_at__isnull=False))))
+
+    @admin.display(description="size (bytes)", ordering="size")
+    def size_bytes(self, obj):
+        return obj.size
+
+    @admin.display(description="SHA-256")
+    def sha256_prefix(self, obj):
+        return obj.ciphertext_sha256[:12] + "…"
+
+    @admin.display(description="pending", ordering="pending")
+    def pending_deliveries(self, obj):
+        return obj.pending
+
+    @admin.display(description="ACKed", ordering="acked")
+    def acked_deliveries(self, obj):
+        return obj.acked
+
+    def get_urls(self):
+        return [path("purge/", self.admin_site.admin_view(self.purge_view), name="dms_pendingdm_purge"),
+                *super().get_urls()]
+
+    def purge_view(self, request):
+        if request.method != "POST" or not request.user.has_perm("dms.view_pendingdm"):
+            return HttpResponseRedirect(reverse("admin:dms_pendingdm_changelist"))
+        counts = services.dm_purge_expired(now=timezone.now())
+        self.message_user(request, "Purge done: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+                          messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:dms_pendingdm_changelist"))
+
+
+@admin.register(Conversation)
+class ConversationAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "participant_count", "epoch", "retention_policy", "retention_ttl_days",
+                    "message_count", "created_at", "last_activity_at")
+    list_filter = ("kind", "retention_policy")
+    readonly_fields = ("id", "kind", "created_by", "epoch", "participants_sha256", "retention_policy",
+                       "retention_ttl_days", "created_at", "updated_at", "last_activity_at", "participants")
+    exclude = ("direct_key",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            n_members=Count("members", distinct=True), n_messages=Count("messages", distinct=True))
+
+    @admin.display(description="participants", ordering="n_members")
+    def participant_count(self, obj):
+        return obj.n_members
+
+    @admin.display(description="messages", ordering="n_messages")
+    def message_count(self, obj):
+        return obj.n_messages
+
+    @admin.display(description="participants")
+    def participants(self, obj):
+        return ", ".join(obj.members.values_list("user__username", flat=True).order_by("user__username"))
+
+

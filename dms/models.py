@@ -36,6 +36,10 @@ class ServerSettings(models.Model):
     group_creation_rate_per_user = models.PositiveIntegerField(
         default=30, help_text="group creations per hour; 0 = no limit")
     max_gateway_connections_per_device = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
+    max_recipients_per_message = models.PositiveIntegerField(default=500, validators=[MinValueValidator(1)])
+    max_request_bytes = models.PositiveIntegerField(
+        default=256 * 1024, validators=[MinValueValidator(1024)],
+        help_text="request bodies over this are refused with 413 (the MAX_REQUEST_BYTES setting caps it)")
 
     class Meta:
         db_table = "dm_server_settings"

@@ -304,6 +304,9 @@ def dm_send(*, device: Device, request: SendRequest) -> tuple[bool, dict]:
     """Checks 3-11 of §7, then store the message once with one delivery per
     recipient. Returns (created, body): created False is a retry's first answer."""
     conf = server_settings_get()
+    if len(request.recipients) > conf.max_recipients_per_message:
+        raise ApiError(400, "too_many_recipients", f"at most {conf.max_recipients_per_message} recipients",
+                       max_recipients=conf.max_recipients_per_message)
     if len(request.ciphertext) > conf.max_ciphertext_bytes:
         raise ApiError(413, "ciphertext_too_large", f"ciphertext is over {conf.max_ciphertext_bytes} bytes",
                        max_bytes=conf.max_ciphertext_bytes)

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.django_db
 
 # auth (session lookup + last_seen) and the settings row are part of each count
 SEND_QUERIES = 18
-SYNC_QUERIES = 4
+SYNC_QUERIES = 5
 ACK_QUERIES = 12
 
 

@@ -283,3 +283,31 @@ def test_expired_device_is_not_a_recipient(pair):
         f"/api/v1/users/{bob.id}/devices").json()["devices"]]
     body = build_send(alice.device, conv, recipients=recipients)
     assert send(alice.device, body).json()["extra"] == [bob.devices[1].id]
+
+
+def test_3_too_many_recipients(pair):
+    alice, _, conv = pair
+    conf = server_settings_get()
+    conf.max_recipients_per_message = 2
+    conf.save()
+    response = send(alice.device, build_send(alice.device, conv))
+    assert response.status_code == 400 and response.json()["error"] == "too_many_recipients"
+    assert nothing_stored()
+
+
+def test_request_body_over_admin_limit_is_413(pair):
+    alice, _, conv = pair
+    conf = server_settings_get()
+    conf.max_request_bytes = 2048
+    conf.save()
+    response = send(alice.device, build_send(alice.device, conv, ciphertext=os.urandom(2000)))
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+    assert nothing_stored()
+    assert send(alice.device, build_send(alice.device, conv, ciphertext=os.urandom(500))).status_code == 201
+
+
+def test_request_body_over_hard_cap_is_413(pair, settings):
+    alice, _, conv = pair
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    response = send(alice.device, build_send(alice.device, conv, ciphertext=os.urandom(5000)))
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"

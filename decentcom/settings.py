@@ -161,11 +161,13 @@ CHALLENGE_TTL_SECONDS = 300
 GATEWAY_TICKET_TTL_SECONDS = 60
 GATEWAY_HEARTBEAT_INTERVAL_MS = int(os.environ.get("GATEWAY_HEARTBEAT_INTERVAL_MS", "30000"))
 GATEWAY_HEARTBEAT_GRACE_MS = int(os.environ.get("GATEWAY_HEARTBEAT_GRACE_MS", "10000"))
+# Upper bound on the after-commit channel-layer send, so a Redis outage cannot hold up a `201`.
+GATEWAY_NOTIFY_TIMEOUT_MS = int(os.environ.get("GATEWAY_NOTIFY_TIMEOUT_MS", "1000"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["devices.auth.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["devices.auth.IsDeviceSession"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["decentcom.parsers.LimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "decentcom.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

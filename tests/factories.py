@@ -50,9 +50,39 @@ def verify(client: APIClient, keys: Keys, *, certificate: dict | None = None, or
     return client.post("/api/v1/auth/verify", body, format="json")
 
 
-def login(keys: Keys, *, certificate: dict | None = None) -> APIClient:
-    client = APIClient()
-    response = verify(client, keys, certificate=certificate)
+class HttpApi:
+    """An httpx client for a live server with the calls of DRF's APIClient that
+    these factories use, so the same helpers drive a real daphne process."""
+
+    def __init__(self, base_url: str):
+        import httpx
+
+        self.origin = protocol.origin(base_url)
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+
+    def credentials(self, HTTP_AUTHORIZATION: str):  # noqa: N803 - APIClient's spelling
+        self.http.headers["Authorization"] = HTTP_AUTHORIZATION
+
+    def get(self, url, data=None, format=None):  # noqa: A002
+        return self.http.get(url, params=data)
+
+    def post(self, url, data=None, format=None):  # noqa: A002
+        return self.http.post(url, json=data)
+
+    def patch(self, url, data=None, format=None):  # noqa: A002
+        return self.http.patch(url, json=data)
+
+    def delete(self, url, data=None, format=None):  # noqa: A002
+        return self.http.delete(url)
+
+
+def new_client(base_url: str | None) -> APIClient | HttpApi:
+    return APIClient() if base_url is None else HttpApi(base_url)
+
+
+def login(keys: Keys, *, certificate: dict | None = None, base_url: str | None = None) -> APIClient:
+    client = new_client(base_url)
+    response = verify(client, keys, certificate=certificate, origin=getattr(client, "origin", TEST_ORIGIN))
     assert response.status_code == 200, response.content
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['token']}")
     client.token = response.json()["token"]
@@ -74,6 +104,7 @@ class Device:
 class Person:
     master: Keys
     devices: list[Device]
+    base_url: str | None = None  # None: in-process APIClient; else a live server
 
     @property
     def id(self) -> str:
@@ -84,18 +115,18 @@ class Person:
         return self.devices[0]
 
     def master_client(self) -> APIClient:
-        return login(self.master)
+        return login(self.master, base_url=self.base_url)
 
     def add_device(self, name: str = "device", **cert_kw) -> Device:
         keys = Keys()
         cert = issue_cert(self.master, keys, name=name, **cert_kw)
-        device = Device(keys=keys, cert=cert, client=login(keys, certificate=cert))
+        device = Device(keys=keys, cert=cert, client=login(keys, certificate=cert, base_url=self.base_url))
         self.devices.append(device)
         return device
 
 
-def make_person(n_devices: int = 1) -> Person:
-    person = Person(master=Keys(), devices=[])
+def make_person(n_devices: int = 1, *, base_url: str | None = None) -> Person:
+    person = Person(master=Keys(), devices=[], base_url=base_url)
     for i in range(n_devices):
         person.add_device(name=f"device {i + 1}")
     return person

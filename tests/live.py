@@ -47,6 +47,24 @@ class LiveDatabase:
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
                        cwd=BASE_DIR, env=self.env, check=True)
 
+    def sql(self, query: str, params=()) -> list[tuple]:
+        """Run one statement on this database from the test process."""
+        if self.pg_name:
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                cursor = conn.execute(query, params)
+                return cursor.fetchall() if cursor.description else []
+        import sqlite3
+
+        conn = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30)
+        try:
+            rows = conn.execute(query.replace("%s", "?"), params).fetchall()
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+
     def manage(self, *args: str) -> str:
         return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=self.env,
                               check=True, capture_output=True, text=True).stdout

@@ -75,7 +75,7 @@ def exception_handler(exc, context):
     elif isinstance(exc, SuspiciousOperation):
         status_code, body = 400, error_body("bad_request", "bad request")
     elif isinstance(exc, (OperationalError, InterfaceError)):
-        logger.error("database unavailable: %s", type(exc).__name__)
+        logger.error("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         status_code, body = 503, error_body("service_unavailable", "the database is unavailable, try again")
         headers["Retry-After"] = str(DB_RETRY_AFTER_S)
     else:

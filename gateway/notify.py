@@ -9,6 +9,7 @@ import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
 logger = logging.getLogger("gateway.notify")
@@ -28,7 +29,11 @@ def frame(op: str, d: dict) -> dict:
 
 async def _group_send_all(messages: list[tuple[str, dict]]) -> None:
     layer = get_channel_layer()
-    results = await asyncio.gather(*(layer.group_send(g, m) for g, m in messages), return_exceptions=True)
+    # An unresponsive Redis would otherwise hold the request that committed for
+    # the client library's socket timeout (seconds) per send.
+    results = await asyncio.wait_for(
+        asyncio.gather(*(layer.group_send(g, m) for g, m in messages), return_exceptions=True),
+        timeout=settings.GATEWAY_NOTIFY_TIMEOUT_MS / 1000)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         logger.warning("gateway notify: %d of %d sends failed (%s)", len(failed), len(messages),

@@ -1,3 +1,7 @@
 from django.urls import path
 
-websocket_urlpatterns = []
+from gateway.consumers import GatewayConsumer
+
+websocket_urlpatterns = [
+    path("api/v1/gateway", GatewayConsumer.as_asgi()),
+]

@@ -1,1 +1,7 @@
-urlpatterns = []
+from django.urls import path
+
+from gateway import apis
+
+urlpatterns = [
+    path("ticket", apis.GatewayTicketApi.as_view(), name="gateway-ticket"),
+]

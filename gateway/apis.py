@@ -1,0 +1,24 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from decentcom.timefmt import rfc3339
+from devices.auth import IsAnySession
+from gateway import services
+
+
+class GatewayTicketApi(APIView):
+    """A single-use, 60-second ticket for `wss://…/api/v1/gateway?ticket=…`,
+    for clients that cannot set headers on a WebSocket (browsers)."""
+
+    permission_classes = [IsAnySession]
+
+    class OutputSerializer(serializers.Serializer):
+        ticket = serializers.CharField()
+        expires_at = serializers.DateTimeField()
+
+    @extend_schema(request=None, responses=OutputSerializer)
+    def post(self, request):
+        row, ticket = services.gateway_ticket_create(session=request.auth)
+        return Response({"ticket": ticket, "expires_at": rfc3339(row.expires_at)})

@@ -1,0 +1,191 @@
+"""The gateway (§9): a doorbell per connected client; the mailbox is the database.
+
+Close codes: 4000 malformed frames kept coming; 4001 bad credentials, or the
+session ended (logout, expiry) while connected; 4002 heartbeat not answered in
+time; 4003 the device was revoked; 4008 the device already holds
+`max_gateway_connections_per_device` connections."""
+import asyncio
+import json
+import logging
+import time
+from urllib.parse import parse_qs
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from gateway import selectors, services
+from gateway.notify import device_group, frame, user_group
+
+logger = logging.getLogger("gateway.consumers")
+
+CLOSE_MALFORMED = 4000
+CLOSE_AUTH_FAILED = selectors.CLOSE_AUTH_FAILED
+CLOSE_HEARTBEAT_TIMEOUT = 4002
+CLOSE_REVOKED = selectors.CLOSE_REVOKED
+CLOSE_TOO_MANY_CONNECTIONS = 4008
+
+MAX_MALFORMED_IN_A_ROW = 5
+MAX_FRAME_CHARS = 16 * 1024
+ACCOUNT_OPS = frozenset({"DEVICE_ADD", "DEVICE_REVOKE"})  # all a master session receives
+
+
+def parse_frame(text_data: str | None) -> tuple[dict | None, str]:
+    """A client frame, or None and why it is malformed."""
+    if text_data is None:
+        return None, "frames are JSON text, not binary"
+    if len(text_data) > MAX_FRAME_CHARS:
+        return None, f"frame is over {MAX_FRAME_CHARS} characters"
+    try:
+        content = json.loads(text_data)
+    except (ValueError, RecursionError):
+        return None, "frame is not JSON"
+    if not isinstance(content, dict):
+        return None, "frame must be a JSON object"
+    if not isinstance(content.get("op"), str) or not content["op"]:
+        return None, "op must be a non-empty string"
+    if not isinstance(content.get("d", {}), dict):
+        return None, "d must be an object"
+    return content, ""
+
+
+class GatewayConsumer(AsyncJsonWebsocketConsumer):
+    session_id: int | None = None
+    user_id: str | None = None
+    device_id: str | None = None  # None: a master session
+    device_pk: int | None = None
+    slot_key: str | None = None
+    closed = False
+    malformed = 0
+    heartbeat_task: asyncio.Task | None = None
+    groups_joined_at = 0.0
+
+    async def connect(self):
+        # Accept first: a refused handshake tells the client nothing, a 4001 does (§9).
+        await self.accept()
+        self.acked = asyncio.Event()
+        session = await database_sync_to_async(services.gateway_authenticate)(
+            authorization=self._header(b"authorization"), ticket=self._query("ticket"))
+        if session is None:
+            logger.info("gateway: authentication failed from %s", (self.scope.get("client") or ["?"])[0])
+            await self.close_with(CLOSE_AUTH_FAILED)
+            return
+        self.session_id, self.user_id = session.pk, session.user.username
+        if session.device is not None:
+            self.device_id, self.device_pk = session.device.device_id, session.device.pk
+            allowed, self.slot_key = await database_sync_to_async(services.gateway_slot_claim)(
+                device_id=self.device_id, owner=self.channel_name)
+            if not allowed:
+                await self.close_with(CLOSE_TOO_MANY_CONNECTIONS)
+                return
+        await self._join_groups()
+        # Read after joining: a message committed from here on also rings the bell.
+        hello = await database_sync_to_async(selectors.gateway_hello_get)(session_id=self.session_id)
+        if hello is None:
+            await self.close_with(await self._session_close_code() or CLOSE_AUTH_FAILED)
+            return
+        await self.send_frame("HELLO", {
+            "heartbeat_interval_ms": settings.GATEWAY_HEARTBEAT_INTERVAL_MS,
+            "user_id": self.user_id, "device_id": self.device_id, **hello})
+        self.heartbeat_task = asyncio.create_task(self._heartbeat())
+
+    async def disconnect(self, code):
+        self.closed = True
+        self._stop_heartbeat()
+        if self.slot_key:
+            await sync_to_async(services.gateway_slot_release)(key=self.slot_key, owner=self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        if self.closed or self.session_id is None:
+            return
+        content, problem = parse_frame(text_data)
+        if content is None:
+            self.malformed += 1
+            await self.send_frame("ERROR", {"error": "malformed_frame", "detail": problem})
+            if self.malformed >= MAX_MALFORMED_IN_A_ROW:
+                await self.close_with(CLOSE_MALFORMED)
+            return
+        self.malformed = 0
+        if content["op"] == "HEARTBEAT_ACK":
+            self.acked.set()
+        # Any other client op is ignored (§9), so clients may add ops older servers skip.
+
+    # --- channel-layer messages (gateway/notify.py) ---
+
+    async def gateway_event(self, message):
+        if self.device_id is None and message["op"] not in ACCOUNT_OPS:
+            return
+        await self.send_frame(message["op"], message["d"])
+
+    async def gateway_close(self, message):
+        await self.close_with(message["code"])
+
+    # --- helpers ---
+
+    async def send_frame(self, op: str, d: dict) -> None:
+        if not self.closed:
+            await self.send_json(frame(op, d))
+
+    async def close_with(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.close(code=code)
+        self._stop_heartbeat()
+
+    def _stop_heartbeat(self) -> None:
+        task = self.heartbeat_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _join_groups(self) -> None:
+        # Disconnect discards `self.groups`. Joining again renews the membership,
+        # which the channel layer otherwise drops after its `group_expiry`.
+        self.groups = [user_group(self.user_id)] + ([device_group(self.device_id)] if self.device_id else [])
+        for group in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined_at = time.monotonic()
+
+    async def _session_close_code(self) -> int | None:
+        return await database_sync_to_async(selectors.gateway_session_close_code)(
+            session_id=self.session_id, device_pk=self.device_pk)
+
+    async def _heartbeat(self) -> None:
+        interval = settings.GATEWAY_HEARTBEAT_INTERVAL_MS / 1000
+        grace = settings.GATEWAY_HEARTBEAT_GRACE_MS / 1000
+        group_renew_s = getattr(self.channel_layer, "group_expiry", 86400) / 2
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not self.closed:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            self.acked.clear()
+            await self.send_frame("HEARTBEAT", {})
+            try:
+                await asyncio.wait_for(self.acked.wait(), grace)
+            except asyncio.TimeoutError:
+                await self.close_with(CLOSE_HEARTBEAT_TIMEOUT)
+                return
+            # Logout and session expiry end the connection here, within one interval;
+            # revocation closes it at once through gateway.close.
+            try:
+                code = await self._session_close_code()
+            except DatabaseError as exc:
+                logger.warning("gateway: session not checked: %s", type(exc).__name__)
+                code = None
+            if code is not None:
+                await self.close_with(code)
+                return
+            if self.slot_key:
+                await sync_to_async(services.gateway_slot_renew)(key=self.slot_key, owner=self.channel_name)
+            if time.monotonic() - self.groups_joined_at > group_renew_s:
+                await self._join_groups()
+
+    def _header(self, name: bytes) -> bytes:
+        return next((value for key, value in self.scope.get("headers", []) if key.lower() == name), b"")
+
+    def _query(self, name: str) -> str | None:
+        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
+        return values[0] if values else None

@@ -1,0 +1,5 @@
+import sys
+
+from dmclient.cli import main
+
+sys.exit(main())

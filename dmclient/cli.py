@@ -1,0 +1,443 @@
+"""`python -m dmclient`: the command line over the SDK. Every command takes
+`--json` for output that scripts can read; errors are then
+`{"error": code, "detail": ...}` on stdout with exit status 1."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from decentcom import protocol
+from dmclient.api import ApiError, NetworkError
+from dmclient.client import Client, ClientError, passphrase_from_env
+from dmclient.listener import Listener, Revoked
+from dmclient.store import StoreError
+
+DEFAULT_HOME = "~/.dmclient"
+POLICIES = ("burn_on_read", "ttl", "permanent")
+
+
+class CliError(Exception):
+    def __init__(self, code: str, detail: str, **extra):
+        super().__init__(detail)
+        self.code, self.detail, self.extra = code, detail, extra
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def short(value: str | None) -> str:
+    return "-" if value is None else value[:8]
+
+
+def when(ms_or_s: int | None, *, ms: bool = False) -> str:
+    if ms_or_s is None:
+        return "never"
+    seconds = ms_or_s / 1000 if ms else ms_or_s
+    return dt.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def retention_text(retention: dict | None) -> str:
+    if not retention:
+        return "-"
+    if retention.get("policy") == "ttl":
+        return f"ttl {retention.get('ttl_days')}d"
+    return str(retention.get("policy"))
+
+
+def item_text(item: dict, me: str | None) -> str:
+    conv = f"[{short(item.get('conversation_id'))}]"
+    if item.get("type") == "message":
+        who = "me" if item["sender"] == me else short(item["sender"])
+        text = f"{conv} {when(item['sent_at'], ms=True)} {who}/{short(item['sender_device'])} #{item['seq']}: {item['body']}"
+        return text + (f"\n    warning: {item['warning']}" if item.get("warning") else "")
+    if item.get("type") == "failed":
+        return (f"{conv} REJECTED message {item['message_id']} claiming to be from "
+                f"{short(item.get('claimed_sender'))}: {item['reason']} ({item['detail']})")
+    kind = item.get("kind")
+    if kind == "membership":
+        parts = [f"added {', '.join(map(short, item['added']))}" if item["added"] else "",
+                 f"removed {', '.join(map(short, item['removed']))}" if item["removed"] else ""]
+        by = f" by {short(item['actor'])}" if item.get("actor") else ""
+        return f"{conv} * members {'; '.join(p for p in parts if p)}{by} (epoch {item['epoch']})"
+    if kind == "conversation":
+        return (f"{conv} * conversation ({item['conversation_kind']}) with {', '.join(map(short, item['participants']))}, "
+                f"retention {retention_text(item['retention'])}")
+    if kind == "retention":
+        by = f" by {short(item['actor'])}" if item.get("actor") else ""
+        return f"{conv} * retention changed from {retention_text(item['old'])} to {retention_text(item['new'])}{by}"
+    if kind == "membership_fork":
+        return f"{conv} ! WARNING epoch {item['epoch']}: {item['detail']}"
+    if kind == "untrusted_device":
+        return (f"! WARNING device {short(item['device_id'])} of {short(item['user_id'])} is not used: its "
+                f"certificate fails ({item['reason']})")
+    if kind in ("device_added", "device_revoked"):
+        return f"* your device {short(item['device_id'])} ({item['name']}) was {kind.split('_')[1]}"
+    return f"{conv} * {kind}: {json.dumps(item)}"
+
+
+class Output:
+    def __init__(self, as_json: bool, me: str | None = None):
+        self.as_json = as_json
+        self.me = me
+
+    def result(self, data: dict, text: str | None = None) -> None:
+        if self.as_json:
+            print(json.dumps(data, ensure_ascii=False), flush=True)
+        elif text is not None:
+            print(text, flush=True)
+
+    def item(self, item: dict) -> None:
+        """A message, failure or event for the user, or (with "event") a listener status."""
+        if self.as_json:
+            print(json.dumps(item, ensure_ascii=False), flush=True)
+        elif "event" not in item:
+            print(item_text(item, self.me), flush=True)
+        elif item["event"] != "synced":
+            print(f"-- {item['event']}: " + ", ".join(f"{k}={v}" for k, v in item.items() if k != "event"),
+                  file=sys.stderr, flush=True)
+
+
+def notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """One updating line on stderr for long syncs."""
+
+    def __init__(self):
+        self.last = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        line = f"\rsyncing: {done}/{total} messages" if total else f"\rsyncing: {done} messages"
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        self.last = done
+
+    def finish(self) -> None:
+        if self.last is not None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --- passphrases and opening ------------------------------------------------------------------
+
+def passphrase(*, confirm: bool = False, env: str = "DMCLIENT_PASSPHRASE", prompt: str = "Passphrase: ") -> str:
+    value = os.environ.get(env) if env != "DMCLIENT_PASSPHRASE" else passphrase_from_env()
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise CliError("no_passphrase", f"set {env} or run in a terminal")
+    value = getpass.getpass(prompt)
+    if confirm and getpass.getpass("Again: ") != value:
+        raise CliError("passphrase_mismatch", "the passphrases differ")
+    return value
+
+
+def home_of(args) -> Path:
+    return Path(args.home or os.environ.get("DMCLIENT_HOME") or DEFAULT_HOME).expanduser()
+
+
+def open_client(args, out: Output) -> Client:
+    client = Client.open(home_of(args), passphrase(),
+                         on_wait=lambda code, s: notice(f"server says {code}: waiting {s} s as it asks (Retry-After)"))
+    out.me = client.user_id
+    return client
+
+
+def retention_arg(args) -> dict | None:
+    if args.policy is None:
+        if args.ttl_days is not None:
+            raise CliError("invalid_retention", "--ttl-days goes with --policy ttl")
+        return None
+    return {"policy": args.policy, "ttl_days": args.ttl_days}
+
+
+def user_ids(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            protocol.b58_key(value, what="user id")
+        except protocol.ProtocolError as exc:
+            raise CliError("invalid_user_id", f"{value!r}: {exc.detail}") from None
+    return values
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+def cmd_init(args, out: Output) -> None:
+    client = Client.init(home_of(args), passphrase(confirm=True), server=args.server, name=args.name,
+                         join=args.join, expires_days=args.expires_days)
+    me = client.whoami()
+    if args.join:
+        text = (f"device key created: {me['device_id']}\n"
+                f"on a device holding your master key run:\n"
+                f"  python -m dmclient device certify {me['device_id']} --name {json.dumps(args.name)} > cert.json\n"
+                f"then here: python -m dmclient device import-cert cert.json")
+    else:
+        text = f"user   {me['user_id']}\ndevice {me['device_id']} ({me['device_name']}) registered at {me['server']}"
+    out.result(me, text)
+
+
+def cmd_whoami(args, out: Output) -> None:
+    me = open_client(args, out).whoami()
+    out.result(me, f"user   {me['user_id']}\ndevice {me['device_id']} ({me['device_name']})\nserver {me['server']}\n"
+                   f"master key in this store: {'yes' if me['has_master_key'] else 'no'}")
+
+
+def cmd_device_add(args, out: Output) -> None:
+    client = open_client(args, out)
+    new_pass = os.environ.get("DMCLIENT_NEW_PASSPHRASE") or passphrase_from_env() or passphrase(
+        confirm=True, prompt="Passphrase for the new device's store: ")
+    new = client.add_device(args.to, new_pass, name=args.name, expires_days=args.expires_days,
+                            permissions=["manage_devices"] if args.manage_devices else [])
+    me = new.whoami()
+    out.result(me, f"device {me['device_id']} ({me['device_name']}) registered; its store is {args.to}\n"
+                   f"use it with: python -m dmclient --home {args.to} ...")
+
+
+def cmd_device_certify(args, out: Output) -> None:
+    cert = open_client(args, out).certify(args.device_id, name=args.name, expires_days=args.expires_days,
+                                     permissions=["manage_devices"] if args.manage_devices else [])
+    print(json.dumps(cert, ensure_ascii=False), flush=True)
+
+
+def cmd_device_import(args, out: Output) -> None:
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        cert = json.loads(text)
+    except ValueError:
+        raise CliError("invalid_certificate", "the file is not JSON") from None
+    me = open_client(args, out).import_certificate(cert)
+    out.result(me, f"device {me['device_id']} ({me['device_name']}) of user {me['user_id']} registered")
+
+
+def cmd_device_list(args, out: Output) -> None:
+    devices = open_client(args, out).devices()
+    lines = []
+    for d in devices:
+        state = "revoked " + d["revoked_at"] if d["revoked_at"] else ("active" + (
+            f", expires {d['expires_at']}" if d["expires_at"] else ""))
+        lines.append(f"{'*' if d['current'] else ' '} {d['device_id']}  {d['name']:<16} {state}; last seen "
+                     f"{d['last_seen_at'] or 'never'}; {d['pending_count']} pending"
+                     + ("" if d["certificate_ok"] else "; CERTIFICATE DOES NOT VERIFY"))
+    out.result({"devices": devices}, "\n".join(lines))
+
+
+def cmd_device_revoke(args, out: Output) -> None:
+    open_client(args, out).revoke(args.device_id)
+    out.result({"revoked": args.device_id}, f"revoked {args.device_id}")
+
+
+def conversation_text(c: dict) -> str:
+    return (f"{c['conversation_id']}  {c['kind']:<6} epoch {c['epoch']:<3} {retention_text(c['retention']):<13} "
+            f"{', '.join(map(short, c['participants']))}")
+
+
+def cmd_dm_new(args, out: Output) -> None:
+    conversation, created = open_client(args, out).create_conversation(user_ids(args.users), retention=retention_arg(args))
+    out.result({"conversation": conversation, "created": created},
+               ("created " if created else "existing ") + conversation_text(conversation))
+
+
+def cmd_dm_list(args, out: Output) -> None:
+    conversations = open_client(args, out).conversations()
+    out.result({"conversations": conversations}, "\n".join(map(conversation_text, conversations)) or "none")
+
+
+def cmd_dm_send(args, out: Output) -> None:
+    client = open_client(args, out)
+
+    def confirm(old: dict, new: dict) -> bool:
+        notice(f"The conversation's retention changed from {retention_text(old)} to {retention_text(new)}.")
+        if args.yes:
+            notice("Sending under the new policy (--yes).")
+            return True
+        if out.as_json or not sys.stdin.isatty():
+            return False
+        return input("Send under the new policy? [y/N] ").strip().lower() in ("y", "yes")
+
+    result = client.send(client.resolve(args.conversation), args.text, confirm_retention=confirm)
+    for problem in result.untrusted_devices:
+        notice(f"warning: device {problem['device_id']} of {short(problem['user_id'])} was not used: its "
+               f"certificate fails ({problem['reason']})")
+    if result.unreachable:
+        notice(f"not delivered to {', '.join(map(short, result.unreachable))}: no active device")
+    out.result(asdict(result), f"sent {result.message_id} ({result.policy}, expires {result.expires_at or 'never'}) "
+                               f"to {result.recipients} device(s)"
+               + (f"; retried after: {', '.join(result.retries)}" if result.retries else ""))
+
+
+def cmd_dm_read(args, out: Output) -> None:
+    client = open_client(args, out)
+    progress = Progress() if (args.progress or (sys.stderr.isatty() and not out.as_json)) else None
+    try:
+        report = client.sync(progress=progress)
+    finally:
+        if progress:
+            progress.finish()
+    items = client.take_unshown()
+    if out.as_json:
+        out.result({"accepted": report.accepted, "failed": report.failed, "items": items})
+    else:
+        for item in items:
+            out.item(item)
+        if not items:
+            print("nothing new")
+
+
+def cmd_dm_listen(args, out: Output) -> None:
+    client = open_client(args, out)
+    listener = Listener(client, out.item, progress=Progress() if args.progress else None)
+    try:
+        asyncio.run(listener.run())
+    except KeyboardInterrupt:
+        pass
+    except Revoked as exc:
+        raise CliError("device_revoked", str(exc)) from None
+
+
+def cmd_dm_history(args, out: Output) -> None:
+    client = open_client(args, out)
+    cid = client.resolve(args.conversation)
+    if args.server:
+        messages = client.server_history(cid, limit=args.limit)
+        text = "\n".join(f"{m['message_id']}  " + (f"{short(m['sender'])} #{m['seq']}: {m['body']} ({m['policy']}, "
+                         f"expires {m['expires_at'] or 'never'})" if "body" in m else f"cannot open: {m['error']}")
+                         for m in messages)
+    else:
+        messages = client.history(cid, limit=args.limit)
+        text = "\n".join(item_text(m, client.user_id) for m in messages)
+    out.result({"conversation_id": cid, "messages": messages}, text or "no messages")
+
+
+def cmd_dm_retention(args, out: Output) -> None:
+    client = open_client(args, out)
+    retention = retention_arg(args)
+    if retention is None:
+        raise CliError("invalid_retention", "--policy is required")
+    conversation = client.set_retention(client.resolve(args.conversation), retention)
+    out.result({"conversation": conversation}, conversation_text(conversation))
+
+
+def cmd_dm_add(args, out: Output) -> None:
+    client = open_client(args, out)
+    conversation = client.add_participants(client.resolve(args.conversation), user_ids(args.users))
+    out.result({"conversation": conversation}, conversation_text(conversation))
+
+
+def cmd_dm_remove(args, out: Output) -> None:
+    client = open_client(args, out)
+    conversation = client.remove_participant(client.resolve(args.conversation), user_ids([args.user])[0])
+    out.result({"conversation": conversation}, conversation_text(conversation) if conversation else "left")
+
+
+# --- the parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: options given before or after the subcommand both count.
+    common.add_argument("--home", default=argparse.SUPPRESS,
+                        help=f"the device's store directory (default: $DMCLIENT_HOME or {DEFAULT_HOME})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON that scripts can read")
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dmclient", parents=[common],
+        description="decentcom reference client: end-to-end-encrypted DMs. The store's passphrase comes from "
+                    "$DMCLIENT_PASSPHRASE or a prompt.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(sub, name, func, help_text):
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def cert_options(p):
+        p.add_argument("--name", required=True, help="the device's name (1-64 characters)")
+        p.add_argument("--expires-days", type=int, help="the certificate expires after this many days (default never)")
+
+    p = add(commands, "init", cmd_init, "create this device's store: a new user, or (--join) a device of an existing one")
+    p.add_argument("--server", required=True, help="the server, e.g. https://dm.example.org")
+    cert_options(p)
+    p.add_argument("--join", action="store_true",
+                   help="only make a device key; a certificate from the master key comes later (device import-cert)")
+    add(commands, "whoami", cmd_whoami, "show this store's user, device and server")
+
+    device = commands.add_parser("device", help="your devices", description="your devices")
+    dsub = device.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
+    p = add(dsub, "add", cmd_device_add, "certify a new device with the master key, in a new store at --to")
+    cert_options(p)
+    p.add_argument("--to", required=True, help="directory of the new device's store (move it to the device)")
+    p.add_argument("--manage-devices", action="store_true", help="let the device add and revoke devices")
+    p = add(dsub, "certify", cmd_device_certify, "print a certificate for a device key made with `init --join`")
+    p.add_argument("device_id")
+    cert_options(p)
+    p.add_argument("--manage-devices", action="store_true", help="let the device add and revoke devices")
+    p = add(dsub, "import-cert", cmd_device_import, "adopt a certificate (file, or - for stdin) and register")
+    p.add_argument("file")
+    add(dsub, "list", cmd_device_list, "your devices: last seen, pending messages, revoked or active")
+    p = add(dsub, "revoke", cmd_device_revoke, "revoke a device (with this device's rights or the master key)")
+    p.add_argument("device_id")
+
+    dm = commands.add_parser("dm", help="conversations and messages", description="conversations and messages")
+    msub = dm.add_subparsers(dest="dm_command", required=True, metavar="COMMAND")
+
+    def retention_options(p, required=False):
+        p.add_argument("--policy", choices=POLICIES, required=required, help="retention policy")
+        p.add_argument("--ttl-days", type=int, help="days a message is kept (with --policy ttl)")
+
+    p = add(msub, "new", cmd_dm_new, "start a conversation: one user makes a direct one, more make a group")
+    p.add_argument("users", nargs="+", metavar="USER_ID")
+    retention_options(p)
+    add(msub, "list", cmd_dm_list, "your conversations, latest activity first")
+    p = add(msub, "send", cmd_dm_send, "encrypt and send a text message")
+    p.add_argument("conversation", help="conversation id (or a unique prefix)")
+    p.add_argument("text")
+    p.add_argument("--yes", action="store_true", help="if the retention changed, send under the new one")
+    p = add(msub, "read", cmd_dm_read, "fetch, check, decrypt and show new messages")
+    p.add_argument("--progress", action="store_true", help="show progress on stderr (default: on a terminal)")
+    p = add(msub, "listen", cmd_dm_listen, "stay connected and show messages as they come (Ctrl-C stops)")
+    p.add_argument("--progress", action="store_true", help="show sync progress on stderr")
+    p = add(msub, "history", cmd_dm_history, "a conversation's messages kept on this device (or --server)")
+    p.add_argument("conversation")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--server", action="store_true", help="what the server still stores for this device, checked")
+    p = add(msub, "retention", cmd_dm_retention, "change a conversation's retention")
+    p.add_argument("conversation")
+    retention_options(p, required=True)
+    p = add(msub, "add", cmd_dm_add, "add users to a group")
+    p.add_argument("conversation")
+    p.add_argument("users", nargs="+", metavar="USER_ID")
+    p = add(msub, "remove", cmd_dm_remove, "remove a user from a group (your own id: leave it)")
+    p.add_argument("conversation")
+    p.add_argument("user", metavar="USER_ID")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.home, args.json = getattr(args, "home", None), getattr(args, "json", False)
+    out = Output(args.json)
+    try:
+        args.func(args, out)
+    except (CliError, ClientError, StoreError) as exc:
+        return fail(out, exc.code, exc.detail, getattr(exc, "extra", {}))
+    except ApiError as exc:
+        extra = {k: v for k, v in exc.body.items() if k not in ("error", "detail")}
+        return fail(out, exc.code, exc.detail, {"status": exc.status, **extra})
+    except NetworkError as exc:
+        return fail(out, "network_error", str(exc), {})
+    return 0
+
+
+def fail(out: Output, code: str, detail: str, extra: dict) -> int:
+    if out.as_json:
+        print(json.dumps({"error": code, "detail": detail, **extra}, ensure_ascii=False), flush=True)
+    else:
+        print(f"error: {code}: {detail}" + (f" {json.dumps(extra)}" if extra else ""), file=sys.stderr)
+    return 1

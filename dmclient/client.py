@@ -1,0 +1,838 @@
+"""The high-level SDK: identity and devices, conversations, send with the
+server's answers handled (§7), sync + receive + ACK with every check of §6,
+and history. One `Client` is one device's store."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import httpx
+
+from decentcom import protocol
+from dmclient import crypto
+from dmclient.api import Api, ApiError, NetworkError
+from dmclient.crypto import Rejected
+from dmclient.identity import KeyPair, Session, certificate_issue, expiry_from_days, login, parse_time
+from dmclient.store import Store
+
+DAY_S = 86400
+TOKEN_MARGIN_S = 300
+# §6: ids are remembered for max(max_ttl_days, max_undelivered_days) + 7 days. The
+# server does not publish its limits; 30 is its default for both, and a
+# conversation's own ttl_days raises the window when longer.
+DEFAULT_RETENTION_DAYS = 30
+REPLAY_EXTRA_DAYS = 7
+FUTURE_SKEW_MS = DAY_S * 1000
+SEND_ATTEMPTS = 8
+NETWORK_BACKOFF_S = (0.5, 1, 2, 4, 8)
+SYNC_PAGE = 100
+
+
+class ClientError(Exception):
+    """A failure the user must hear about, with a code scripts can test."""
+
+    def __init__(self, code: str, detail: str, **extra):
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    conversation_id: str
+    kind: str
+    participants: tuple[str, ...]
+    participants_sha256: str
+    created_by: str | None
+    epoch: int
+    retention: dict
+
+    @classmethod
+    def from_wire(cls, wire: object) -> ConversationView:
+        """A conversation as the server sends it (§5), checked: the hash is
+        recomputed here and must equal the server's."""
+        try:
+            if not isinstance(wire, dict):
+                raise protocol.ProtocolError("conversation is not an object")
+            protocol.parse_uuid(wire.get("conversation_id"), what="conversation_id")
+            participants = wire.get("participants")
+            if not isinstance(participants, list) or participants != sorted(set(participants)):
+                raise protocol.ProtocolError("participants must be a sorted list without duplicates")
+            for user_id in participants:
+                protocol.b58_key(user_id, what="participant")
+            epoch, retention = wire.get("epoch"), wire.get("retention")
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                raise protocol.ProtocolError("epoch must be an integer")
+            if not isinstance(retention, dict) or not isinstance(retention.get("policy"), str):
+                raise protocol.ProtocolError("retention must be {policy, ttl_days}")
+            digest = protocol.participants_sha256(participants)
+            if digest != wire.get("participants_sha256"):
+                raise protocol.ProtocolError("participants_sha256 does not match the participants")
+        except protocol.ProtocolError as exc:
+            raise ClientError("bad_conversation", f"the server sent an invalid conversation: {exc.detail}") from None
+        return cls(conversation_id=wire["conversation_id"], kind=str(wire.get("kind")),
+                   participants=tuple(participants), participants_sha256=digest,
+                   created_by=wire.get("created_by"), epoch=epoch,
+                   retention={"policy": retention["policy"], "ttl_days": retention.get("ttl_days")})
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ConversationView:
+        return cls(conversation_id=row["conversation_id"], kind=row["kind"],
+                   participants=tuple(json.loads(row["participants"])),
+                   participants_sha256=row["participants_sha256"], created_by=row["created_by"],
+                   epoch=row["epoch"], retention=json.loads(row["retention"]))
+
+    def wire(self) -> dict:
+        return {**asdict(self), "participants": list(self.participants)}
+
+
+@dataclass
+class SendResult:
+    message_id: str
+    conversation_id: str
+    epoch: int
+    key_id: str
+    seq: int
+    created_at: str
+    expires_at: str | None
+    policy: str
+    recipients: int
+    unreachable: list[str]
+    retries: list[str] = field(default_factory=list)
+    untrusted_devices: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class SyncReport:
+    accepted: int = 0
+    failed: int = 0
+
+
+def passphrase_from_env() -> str | None:
+    return os.environ.get("DMCLIENT_PASSPHRASE")
+
+
+class Client:
+    """One device: its store, its server, its sessions."""
+
+    def __init__(self, store: Store, *, transport: httpx.BaseTransport | None = None,
+                 on_wait: Callable[[str, int], None] | None = None):
+        self.store = store
+        self.server = store.meta("server")
+        self.device = KeyPair(store.secret("device_seed"))
+        self.device_id = self.device.id
+        self.transport = transport
+        self.api = Api(self.server, transport=transport, on_wait=on_wait)
+        self._refreshed: set[str] | None = None  # conversations refreshed during one sync pass
+        self.untrusted: list[dict] = []  # devices left out by `directory` since this client opened
+        self.purge_expired()
+
+    # --- creating and opening stores ------------------------------------------------------
+
+    @classmethod
+    def init(cls, home, passphrase: str, *, server: str, name: str, join: bool = False,
+             expires_days: int | None = None, kdf: str | None = None,
+             transport: httpx.BaseTransport | None = None) -> Client:
+        """A new store. Without `join`: a new user (master key) and its first
+        device, which registers at once. With `join`: only a device key, waiting
+        for a certificate from the user's master key (`import_certificate`)."""
+        server = server.rstrip("/")
+        protocol.origin(server)
+        device = KeyPair.generate()
+        cert = master = None
+        if not join:
+            master = KeyPair.generate()
+            cert = certificate_issue(master, device_id=device.id, name=name, expires_at=expiry_from_days(expires_days),
+                                     permissions=["manage_devices"])
+        store = Store.create(home, passphrase, kdf=kdf)
+        store.secret_set("device_seed", device.seed)
+        if master is not None:
+            store.secret_set("master_seed", master.seed)
+        store.meta_set_many({"server": server, "device_name": name, "user_id": master.id if master else None,
+                             "certificate": cert})
+        client = cls(store, transport=transport)
+        if cert is not None:
+            client.login()
+        return client
+
+    @classmethod
+    def open(cls, home, passphrase: str, **kw) -> Client:
+        return cls(Store.open(home, passphrase), **kw)
+
+    def close(self) -> None:
+        self.api.close()
+        self.store.close()
+
+    @property
+    def user_id(self) -> str | None:
+        return self.store.meta("user_id")
+
+    @property
+    def certificate(self) -> dict | None:
+        return self.store.meta("certificate")
+
+    @property
+    def master(self) -> KeyPair | None:
+        seed = self.store.secret("master_seed")
+        return None if seed is None else KeyPair(seed)
+
+    def whoami(self) -> dict:
+        cert = self.certificate
+        return {"user_id": self.user_id, "device_id": self.device_id, "device_name": self.store.meta("device_name"),
+                "server": self.server, "has_master_key": self.master is not None,
+                "certificate": cert, "store": str(self.store.path)}
+
+    # --- sessions (§3) --------------------------------------------------------------------------
+
+    def login(self) -> Session:
+        if self.certificate is None:
+            raise ClientError("no_certificate", "this device has no certificate yet: import one first")
+        session = login(self.api, self.device, certificate=self.certificate)
+        if session.user_id != self.user_id or session.device_id != self.device_id:
+            raise ClientError("server_mismatch", "the server logged us in as another user or device")
+        self.store.secret_set("token", session.token.encode())
+        self.store.meta_set_many({"token_expires_at": session.expires_at})
+        return session
+
+    def token(self) -> str:
+        token = self.store.secret("token")
+        if token is not None and self.store.meta("token_expires_at", 0) > time.time() + TOKEN_MARGIN_S:
+            return token.decode()
+        return self.login().token
+
+    def forget_token(self) -> None:
+        self.store.secret_set("token", None)
+
+    def call(self, method: str, path: str, **kw):
+        """A request in this device's session; an ended session logs in again once."""
+        try:
+            return self.api.request(method, path, token=self.token(), **kw)
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+        self.forget_token()
+        return self.api.request(method, path, token=self.login().token, **kw)
+
+    def master_call(self, method: str, path: str, **kw):
+        master = self.master
+        if master is None:
+            raise ClientError("no_master_key", "this store does not hold the master key")
+        session = login(self.api, master)
+        try:
+            return self.api.request(method, path, token=session.token, **kw)
+        finally:
+            self.api.request("POST", "/auth/logout", token=session.token)
+
+    # --- devices (§2, §4) ---------------------------------------------------------------------
+
+    def certify(self, device_id: str, *, name: str, expires_days: int | None = None,
+                permissions: list[str] = ()) -> dict:
+        """A certificate for another device of this user, signed offline with the master key."""
+        master = self.master
+        if master is None:
+            raise ClientError("no_master_key", "this store does not hold the master key")
+        try:
+            return certificate_issue(master, device_id=device_id, name=name,
+                                     expires_at=expiry_from_days(expires_days), permissions=list(permissions))
+        except protocol.ProtocolError as exc:
+            raise ClientError("invalid_certificate", exc.detail) from None
+
+    def import_certificate(self, cert: dict) -> dict:
+        """Adopt a certificate for this device's key and log in, which registers it."""
+        try:
+            parsed = protocol.cert_check_client(cert, user_id=cert.get("master") if isinstance(cert, dict) else "",
+                                                device_id=self.device_id, now=int(time.time()))
+        except protocol.ProtocolError as exc:
+            raise ClientError("invalid_certificate", exc.detail) from None
+        if self.user_id not in (None, parsed.master):
+            raise ClientError("invalid_certificate", "the certificate is for another user")
+        self.store.meta_set_many({"user_id": parsed.master, "certificate": cert, "device_name": parsed.name})
+        self.forget_token()
+        self.login()
+        return self.whoami()
+
+    def add_device(self, home, passphrase: str, *, name: str, expires_days: int | None = None,
+                   permissions: list[str] = (), kdf: str | None = None) -> Client:
+        """A new device store at `home`, certified by this store's master key and registered."""
+        new = Client.init(home, passphrase, server=self.server, name=name, join=True, kdf=kdf,
+                          transport=self.transport)
+        new.import_certificate(self.certify(new.device_id, name=name, expires_days=expires_days,
+                                            permissions=permissions))
+        return new
+
+    def devices(self) -> list[dict]:
+        """This user's devices with last seen and pending counts (the multi-device status)."""
+        now = int(time.time())
+        out = []
+        for device in self.call("GET", "/devices")["devices"]:
+            try:
+                protocol.cert_check_client(device.get("certificate"), user_id=self.user_id,
+                                           device_id=device.get("device_id"), now=now)
+                cert_ok = True
+            except protocol.ProtocolError:
+                cert_ok = False
+            out.append({**{k: device.get(k) for k in (
+                "device_id", "name", "permissions", "issued_at", "expires_at", "revoked_at", "last_seen_at",
+                "pending_count", "current")}, "certificate_ok": cert_ok})
+        return out
+
+    def revoke(self, device_id: str) -> None:
+        """Revoke with this device's session, or with the master key when this
+        device may not (it lacks `manage_devices`)."""
+        try:
+            self.call("DELETE", f"/devices/{device_id}")
+        except ApiError as exc:
+            if exc.status != 403 or self.master is None:
+                raise
+            self.master_call("DELETE", f"/devices/{device_id}")
+        if device_id == self.device_id:
+            self.forget_token()
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM directory WHERE device_id = ?", (device_id,))
+
+    # --- directory: devices we encrypt to (§2 client rules) ---------------------------------
+
+    def directory(self, user_id: str, *, refresh: bool = False) -> list[str]:
+        """`user_id`'s active devices whose certificates verify against it. A
+        device that fails is not used, and the user is told (an event)."""
+        db = self.store.db
+        if not refresh and db.execute("SELECT 1 FROM directory_fetched WHERE user_id = ?", (user_id,)).fetchone():
+            return [r[0] for r in db.execute("SELECT device_id FROM directory WHERE user_id = ? ORDER BY device_id",
+                                             (user_id,))]
+        try:
+            listed = self.call("GET", f"/users/{user_id}/devices")["devices"]
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            listed = []
+        now = int(time.time())
+        good, bad = [], []
+        for device in listed:
+            device_id = device.get("device_id") if isinstance(device, dict) else None
+            try:
+                if not isinstance(device_id, str):
+                    raise protocol.ProtocolError("device_id missing")
+                cert = protocol.cert_check_client(device.get("certificate"), user_id=user_id, device_id=device_id,
+                                                  now=now)
+                good.append((user_id, device_id, cert.name, json.dumps(device["certificate"])))
+            except protocol.ProtocolError as exc:
+                bad.append({"user_id": user_id, "device_id": device_id, "reason": exc.detail})
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM directory WHERE user_id = ?", (user_id,))
+            db.executemany("INSERT INTO directory (user_id, device_id, name, certificate) VALUES (?, ?, ?, ?)", good)
+            db.execute("INSERT OR REPLACE INTO directory_fetched (user_id, fetched_at) VALUES (?, ?)", (user_id, now))
+            for problem in bad:
+                self.store.event_add(db, kind="untrusted_device", detail=problem)
+        self.untrusted += bad
+        return sorted(row[1] for row in good)
+
+    # --- conversations (§5) ---------------------------------------------------------------------
+
+    def _apply_view(self, db: sqlite3.Connection, view: ConversationView, *, actor: str | None = None,
+                    accept_retention: bool = False) -> None:
+        """Record what the server says a conversation is now; tell the user what changed."""
+        cid = view.conversation_id
+        known = db.execute("SELECT participants_sha256 FROM conversation_epochs WHERE conversation_id = ? AND epoch = ?",
+                           (cid, view.epoch)).fetchone()
+        if known is None:
+            db.execute("INSERT INTO conversation_epochs (conversation_id, epoch, participants, participants_sha256) "
+                       "VALUES (?, ?, ?, ?)", (cid, view.epoch, json.dumps(view.participants), view.participants_sha256))
+        elif known[0] != view.participants_sha256:
+            self.store.event_add(db, conversation_id=cid, kind="membership_fork", detail={
+                "epoch": view.epoch, "detail": "the server has shown two different memberships for this epoch"})
+        old = db.execute("SELECT * FROM conversations WHERE conversation_id = ?", (cid,)).fetchone()
+        member = int(self.user_id in view.participants)
+        if old is None:
+            db.execute(
+                "INSERT INTO conversations (conversation_id, kind, participants, participants_sha256, created_by, "
+                "epoch, retention, retention_accepted, member) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cid, view.kind, json.dumps(view.participants), view.participants_sha256, view.created_by,
+                 view.epoch, json.dumps(view.retention), json.dumps(view.retention), member))
+            self.store.event_add(db, conversation_id=cid, kind="conversation", detail={
+                "conversation_kind": view.kind, "participants": list(view.participants), "created_by": view.created_by,
+                "retention": view.retention, "epoch": view.epoch})
+            return
+        if view.epoch < old["epoch"]:
+            return  # older news than what we hold
+        before = set(json.loads(old["participants"]))
+        added, removed = sorted(set(view.participants) - before), sorted(before - set(view.participants))
+        if added or removed:
+            self.store.event_add(db, conversation_id=cid, kind="membership", detail={
+                "added": added, "removed": removed, "actor": actor, "epoch": view.epoch,
+                "participants": list(view.participants)})
+        if json.loads(old["retention"]) != view.retention:
+            self.store.event_add(db, conversation_id=cid, kind="retention", detail={
+                "old": json.loads(old["retention"]), "new": view.retention, "actor": actor})
+        db.execute(
+            "UPDATE conversations SET participants = ?, participants_sha256 = ?, epoch = ?, retention = ?, member = ?"
+            + (", retention_accepted = retention" if accept_retention else "") + " WHERE conversation_id = ?",
+            (json.dumps(view.participants), view.participants_sha256, view.epoch, json.dumps(view.retention),
+             member, cid))
+
+    def _store_view(self, wire: dict, *, actor: str | None = None, accept_retention: bool = False) -> ConversationView:
+        view = ConversationView.from_wire(wire)
+        with self.store.transaction() as db:
+            self._apply_view(db, view, actor=actor, accept_retention=accept_retention)
+        return view
+
+    def _local_view(self, conversation_id: str) -> sqlite3.Row | None:
+        return self.store.db.execute("SELECT * FROM conversations WHERE conversation_id = ?",
+                                     (conversation_id,)).fetchone()
+
+    def resolve(self, ref: str) -> str:
+        """A conversation id from a full id or a unique prefix of a known one."""
+        if protocol.is_uuid(ref):
+            return ref
+        rows = self.store.db.execute("SELECT conversation_id FROM conversations WHERE conversation_id LIKE ?",
+                                     (ref.lower() + "%",)).fetchall()
+        if len(rows) != 1 or not ref:
+            raise ClientError("unknown_conversation", f"{ref!r} matches {len(rows)} known conversations")
+        return rows[0][0]
+
+    def conversation(self, conversation_id: str, *, refresh: bool = False) -> ConversationView:
+        row = self._local_view(conversation_id)
+        if row is not None and row["member"] and not refresh:
+            return ConversationView.from_row(row)
+        try:
+            wire = self.call("GET", f"/dms/conversations/{conversation_id}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            if row is not None and row["member"]:
+                with self.store.transaction() as db:
+                    db.execute("UPDATE conversations SET member = 0 WHERE conversation_id = ?", (conversation_id,))
+                    self.store.event_add(db, conversation_id=conversation_id, kind="membership", detail={
+                        "added": [], "removed": [self.user_id], "actor": None, "epoch": row["epoch"]})
+            raise ClientError("not_found", "no such conversation, or you are not a participant") from None
+        return self._store_view(wire)
+
+    def conversations(self) -> list[dict]:
+        views = [self._store_view(w) for w in self.call("GET", "/dms/conversations")["conversations"]]
+        current = {v.conversation_id for v in views}
+        with self.store.transaction() as db:
+            for row in db.execute("SELECT conversation_id, epoch FROM conversations WHERE member = 1").fetchall():
+                if row[0] not in current:
+                    db.execute("UPDATE conversations SET member = 0 WHERE conversation_id = ?", (row[0],))
+                    self.store.event_add(db, conversation_id=row[0], kind="membership", detail={
+                        "added": [], "removed": [self.user_id], "actor": None, "epoch": row[1]})
+        return [v.wire() for v in views]
+
+    def create_conversation(self, user_ids: list[str], *, retention: dict | None = None) -> tuple[dict, bool]:
+        body = {"participants": sorted(set(user_ids))}
+        if retention is not None:
+            body["retention"] = retention
+        status, wire = self.call("POST", "/dms/conversations", json=body, with_status=True)
+        return self._store_view(wire).wire(), status == 201
+
+    def set_retention(self, conversation_id: str, retention: dict) -> dict:
+        wire = self.call("PATCH", f"/dms/conversations/{conversation_id}", json={"retention": retention})
+        return self._store_view(wire, actor=self.user_id, accept_retention=True).wire()
+
+    def add_participants(self, conversation_id: str, user_ids: list[str]) -> dict:
+        wire = self.call("POST", f"/dms/conversations/{conversation_id}/participants", json={"add": user_ids})
+        return self._store_view(wire, actor=self.user_id).wire()
+
+    def remove_participant(self, conversation_id: str, user_id: str) -> dict | None:
+        self.call("DELETE", f"/dms/conversations/{conversation_id}/participants/{user_id}")
+        if user_id == self.user_id:
+            with self.store.transaction() as db:
+                db.execute("UPDATE conversations SET member = 0 WHERE conversation_id = ?", (conversation_id,))
+            return None
+        return self.conversation(conversation_id, refresh=True).wire()
+
+    def apply_conversation_update(self, d: dict) -> None:
+        """A gateway CONVERSATION_UPDATE (§9)."""
+        change = d.get("change") if isinstance(d.get("change"), dict) else {}
+        self._store_view(d.get("conversation"), actor=change.get("actor"))
+
+    # --- sending (§6, §7) ----------------------------------------------------------------------
+
+    def _sender_key(self, conversation_id: str, epoch: int) -> tuple[bytes, str]:
+        """This device's key for (conversation, epoch): a fresh one for every new
+        epoch, and a new one after 2^32 messages."""
+        with self.store.transaction() as db:
+            row = db.execute("SELECT generation, sealed_key, used FROM sender_keys WHERE conversation_id = ? "
+                             "AND epoch = ? ORDER BY generation DESC LIMIT 1", (conversation_id, epoch)).fetchone()
+            if row is not None and row["used"] < crypto.MAX_KEY_USES:
+                key = self.store.unseal(row["sealed_key"])
+                return key, protocol.key_id(key)
+            key = crypto.new_group_key()
+            db.execute("INSERT INTO sender_keys (conversation_id, epoch, generation, key_id, sealed_key) "
+                       "VALUES (?, ?, ?, ?, ?)", (conversation_id, epoch, 0 if row is None else row["generation"] + 1,
+                                                  protocol.key_id(key), self.store.seal(key)))
+        return key, protocol.key_id(key)
+
+    def _recipient_devices(self, view: ConversationView, *, refresh: bool = False) -> list[str]:
+        devices = []
+        for user_id in view.participants:
+            devices += self.directory(user_id, refresh=refresh)
+        return sorted(d for d in devices if d != self.device_id)
+
+    def _next_seq(self, conversation_id: str) -> int:
+        with self.store.transaction() as db:
+            seq = db.execute("SELECT next_seq FROM conversations WHERE conversation_id = ?",
+                             (conversation_id,)).fetchone()[0]
+            db.execute("UPDATE conversations SET next_seq = ? WHERE conversation_id = ?", (seq + 1, conversation_id))
+        return seq
+
+    def send(self, conversation_id: str, text: str, *,
+             confirm_retention: Callable[[dict, dict], bool] | None = None) -> SendResult:
+        """Encrypt and send one text message, handling the server's answers:
+        `stale_epoch` (refresh, new key), `retention_changed` (ask the user),
+        `mismatched_devices` (refresh the directory), `missing_key_wraps` (add
+        them), 429 (wait Retry-After, in Api) and network errors (same body
+        again). Every attempt carries the same message_id."""
+        view = self.conversation(conversation_id)
+        row = self._local_view(conversation_id)
+        accepted = json.loads(row["retention_accepted"])
+        message_id = str(uuid.uuid4())
+        seq = self._next_seq(conversation_id)
+        plaintext = crypto.plaintext_encode(body=text, sent_at=_now_ms(), seq=seq)
+        retries: list[str] = []
+        sealed = wraps = None
+        key = key_id = None
+        network_failures = 0
+        last_mismatch = None
+        for _ in range(SEND_ATTEMPTS):
+            if sealed is None:
+                key, key_id = self._sender_key(conversation_id, view.epoch)
+                sealed = crypto.seal(device=self.device, conversation_id=conversation_id, epoch=view.epoch,
+                                     message_id=message_id, group_key=key,
+                                     participants_sha256=view.participants_sha256, plaintext=plaintext)
+                wraps = None
+            if wraps is None:
+                already = {r[0] for r in self.store.db.execute(
+                    "SELECT device_id FROM wraps_sent WHERE conversation_id = ? AND key_id = ?",
+                    (conversation_id, key_id))}
+                wraps = {d: None if d in already else self._wrap(d, view, key)
+                         for d in self._recipient_devices(view)}
+            body = {"message_id": message_id, "conversation_id": conversation_id, "epoch": view.epoch,
+                    "participants_sha256": view.participants_sha256, "retention": accepted, **sealed,
+                    "recipients": [{"device_id": d, "key_wrap": w} for d, w in sorted(wraps.items())]}
+            try:
+                answer = self.call("POST", "/dms/send", json=body)
+            except NetworkError:
+                if network_failures == len(NETWORK_BACKOFF_S):
+                    raise
+                retries.append("network")
+                time.sleep(NETWORK_BACKOFF_S[network_failures])
+                network_failures += 1
+                continue
+            except ApiError as exc:
+                retries.append(exc.code)
+                if exc.code == "stale_epoch":
+                    view = self.conversation(conversation_id, refresh=True)
+                    for user_id in view.participants:
+                        self.directory(user_id, refresh=True)
+                    sealed = None
+                elif exc.code == "retention_changed":
+                    new = exc.body.get("retention")
+                    self.conversation(conversation_id, refresh=True)
+                    if confirm_retention is None or not confirm_retention(accepted, new):
+                        raise ClientError("retention_changed", "the conversation's retention changed; not sent",
+                                          retention=new, previous=accepted) from None
+                    accepted = new
+                    with self.store.transaction() as db:
+                        db.execute("UPDATE conversations SET retention_accepted = ? WHERE conversation_id = ?",
+                                   (json.dumps(new), conversation_id))
+                elif exc.code == "mismatched_devices":
+                    mismatch = (exc.body.get("missing"), exc.body.get("extra"))
+                    if mismatch == last_mismatch:
+                        raise ClientError("untrusted_device", "the server requires devices whose certificates do "
+                                          "not verify; not sent", missing=mismatch[0], extra=mismatch[1]) from None
+                    last_mismatch = mismatch
+                    self._recipient_devices(view, refresh=True)
+                    wraps = None
+                elif exc.code == "missing_key_wraps":
+                    for device_id in exc.body.get("devices", []):
+                        if device_id in wraps:
+                            wraps[device_id] = self._wrap(device_id, view, key)
+                else:
+                    raise
+                continue
+            self._store_sent(view, message_id, plaintext, key_id, wraps, answer, seq)
+            return SendResult(
+                message_id=message_id, conversation_id=conversation_id, epoch=view.epoch, key_id=key_id, seq=seq,
+                created_at=answer["created_at"], expires_at=answer["expires_at"], policy=answer["policy"],
+                recipients=answer["recipients"], unreachable=answer["unreachable"], retries=retries,
+                untrusted_devices=[p for p in self.untrusted if p["user_id"] in view.participants])
+        raise ClientError("send_failed", f"gave up after {SEND_ATTEMPTS} attempts", retries=retries)
+
+    def _wrap(self, device_id: str, view: ConversationView, key: bytes) -> dict:
+        return crypto.wrap(device=self.device, recipient_device=device_id, conversation_id=view.conversation_id,
+                           epoch=view.epoch, group_key=key)
+
+    def _store_sent(self, view: ConversationView, message_id: str, plaintext: bytes, key_id: str, wraps: dict,
+                    answer: dict, seq: int) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO messages (sender_device, message_id, conversation_id, sender, outgoing, epoch, "
+                "seq, sent_at, created_at, expires_at, policy, sealed_body, stored_at, shown) "
+                "VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (self.device_id, message_id, view.conversation_id, self.user_id, view.epoch, seq,
+                 json.loads(plaintext)["sent_at"], parse_time(answer["created_at"]), parse_time(answer["expires_at"]),
+                 answer["policy"], self.store.seal(plaintext), int(time.time())))
+            db.executemany("INSERT OR IGNORE INTO wraps_sent (conversation_id, key_id, device_id) VALUES (?, ?, ?)",
+                           [(view.conversation_id, key_id, d) for d, w in wraps.items() if w is not None])
+            db.execute("UPDATE sender_keys SET used = used + 1 WHERE key_id = ?", (key_id,))
+
+    # --- receiving (§6) ---------------------------------------------------------------------------
+
+    def sync(self, *, progress: Callable[[int, int | None], None] | None = None, total: int | None = None,
+             limit: int = SYNC_PAGE) -> SyncReport:
+        """Fetch pending messages, check and store each, then ACK the page
+        (store first: a crash before storing means the message comes again).
+        Pages on with `after`, then finishes with passes without it (§7)."""
+        report = SyncReport()
+        if progress is not None and total is None:
+            total = next((d["pending_count"] for d in self.call("GET", "/devices")["devices"] if d["current"]), None)
+        after = None
+        self._refreshed = set()
+        try:
+            while True:
+                page = self.call("POST", "/dms/sync", json={"limit": limit, **({"after": after} if after else {})})
+                ok, failed = [], []
+                for msg in page["messages"]:
+                    accepted, ackable_id = self._receive(msg)
+                    if ackable_id is not None:
+                        (ok if accepted else failed).append(ackable_id)
+                    report.accepted += accepted
+                    report.failed += not accepted
+                    if progress is not None:
+                        progress(report.accepted + report.failed, total)
+                if ok or failed:
+                    self.call("POST", "/dms/ack", json={"message_ids": ok, "failed": failed})
+                if page["has_more"]:
+                    after = page["cursor"]
+                elif after is None or not (ok or failed):
+                    return report
+                else:
+                    after = None
+        finally:
+            self._refreshed = None
+
+    def _receive(self, msg: object) -> tuple[bool, str | None]:
+        """Every check of §6 "Receiving", in its order; the message is stored as
+        accepted, or recorded as failed. Returns (accepted, id to ACK)."""
+        message_id = msg.get("message_id") if isinstance(msg, dict) else None
+        ackable = message_id if protocol.is_uuid(message_id) else None
+        now = time.time()
+        try:
+            m = crypto.parse(msg)
+            crypto.check_certificate(m, now=int(now))
+            warnings = self._check_membership(m)
+            crypto.check_signature(m)
+            key = self._message_key(m)
+            plaintext = crypto.decrypt(key, m)
+            self._check_time(m, plaintext, now)
+            self._store_received(m, key, plaintext, warnings)
+        except Rejected as rejected:
+            self._record_failure(msg, rejected)
+            return False, ackable
+        return True, ackable
+
+    def _epoch_view(self, conversation_id: str, epoch: int) -> tuple[list[str], str] | None:
+        row = self.store.db.execute("SELECT participants, participants_sha256 FROM conversation_epochs "
+                                    "WHERE conversation_id = ? AND epoch = ?", (conversation_id, epoch)).fetchone()
+        return None if row is None else (json.loads(row[0]), row[1])
+
+    def _check_membership(self, m: crypto.Incoming) -> list[str]:
+        """The sender is a participant and `participants_sha256` is our view of
+        the conversation at the message's epoch; refresh once if not."""
+        cid = m.conversation_id
+        view = self._epoch_view(cid, m.epoch)
+        good = view is not None and m.sender in view[0] and view[1] == m.participants_sha256
+        if not good and (self._refreshed is None or cid not in self._refreshed):
+            if self._refreshed is not None:
+                self._refreshed.add(cid)
+            try:
+                self.conversation(cid, refresh=True)
+            except ClientError:
+                raise Rejected("not_a_participant", "the conversation is unknown to us") from None
+            view = self._epoch_view(cid, m.epoch)
+        if view is not None:
+            if m.sender not in view[0]:
+                raise Rejected("not_a_participant", f"the sender is not a participant at epoch {m.epoch}")
+            if view[1] != m.participants_sha256:
+                with self.store.transaction() as db:
+                    self.store.event_add(db, conversation_id=cid, kind="membership_fork", detail={
+                        "epoch": m.epoch, "message_id": m.message_id, "sender": m.sender,
+                        "detail": "the sender saw other participants than we do: the server may show "
+                                  "different members to different people"})
+                raise Rejected("participants_mismatch", "participants_sha256 differs from our view of the "
+                               f"conversation at epoch {m.epoch}")
+            return []
+        row = self._local_view(cid)
+        if row is None or m.epoch > row["epoch"]:
+            raise Rejected("participants_mismatch", f"epoch {m.epoch} is ahead of the conversation")
+        ever = set()
+        for (participants,) in self.store.db.execute(
+                "SELECT participants FROM conversation_epochs WHERE conversation_id = ?", (cid,)):
+            ever.update(json.loads(participants))
+        if m.sender not in ever:
+            raise Rejected("not_a_participant", "the sender was never a participant that we know of")
+        # An epoch this device never saw (it was offline through it): its members cannot be checked.
+        return [f"participants of epoch {m.epoch} not verified (this device never saw that epoch)"]
+
+    def _message_key(self, m: crypto.Incoming) -> bytes:
+        if m.key_wrap is not None:
+            return crypto.unwrap(self.device, m)
+        if m.sender_device == self.device_id:
+            row = self.store.db.execute("SELECT sealed_key FROM sender_keys WHERE key_id = ? AND conversation_id = ?",
+                                        (m.key_id, m.conversation_id)).fetchone()
+        else:
+            row = self.store.db.execute(
+                "SELECT sealed_key FROM received_keys WHERE conversation_id = ? AND sender_device = ? AND epoch = ? "
+                "AND key_id = ?", (m.conversation_id, m.sender_device, m.epoch, m.key_id)).fetchone()
+        if row is None:
+            raise Rejected("missing_key", "no key wrap and no stored key for this key_id")
+        key = self.store.unseal(row[0])
+        crypto.check_key_id(key, m)
+        return key
+
+    def _replay_window_ms(self, conversation_id: str) -> int:
+        row = self._local_view(conversation_id)
+        ttl = (json.loads(row["retention"]).get("ttl_days") or 0) if row is not None else 0
+        return (max(DEFAULT_RETENTION_DAYS, ttl) + REPLAY_EXTRA_DAYS) * DAY_S * 1000
+
+    def _check_time(self, m: crypto.Incoming, plaintext: dict, now: float) -> None:
+        now_ms = int(now * 1000)
+        if plaintext["sent_at"] < now_ms - self._replay_window_ms(m.conversation_id):
+            raise Rejected("too_old", "sent_at is older than the replay window")
+        if plaintext["sent_at"] > now_ms + FUTURE_SKEW_MS:
+            raise Rejected("from_the_future", "sent_at is more than a day ahead")
+
+    def _store_received(self, m: crypto.Incoming, key: bytes, plaintext: dict, warnings: list[str]) -> None:
+        with self.store.transaction() as db:
+            # Checked inside the write transaction: another process on this store may be syncing too.
+            seen = db.execute("SELECT stored_at FROM messages WHERE sender_device = ? AND message_id = ?",
+                              (m.sender_device, m.message_id)).fetchone()
+            if seen is not None:
+                raise Rejected("replay", "this message was accepted before (a replay or a repeated delivery)")
+            seq = plaintext["seq"]
+            last = db.execute("SELECT last_seq FROM seq_seen WHERE conversation_id = ? AND sender_device = ?",
+                              (m.conversation_id, m.sender_device)).fetchone()
+            if last is not None and seq > last[0] + 1:
+                warnings = [*warnings, f"{seq - last[0] - 1} earlier message(s) from this device never arrived "
+                                       f"(seq {last[0] + 1}..{seq - 1})"]
+            elif last is not None and seq <= last[0]:
+                warnings = [*warnings, f"out of order: seq {seq} after {last[0]}"]
+            db.execute("INSERT INTO seq_seen (conversation_id, sender_device, last_seq) VALUES (?, ?, ?) "
+                       "ON CONFLICT DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+                       (m.conversation_id, m.sender_device, seq))
+            db.execute("INSERT OR IGNORE INTO received_keys (conversation_id, sender_device, epoch, key_id, sealed_key)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (m.conversation_id, m.sender_device, m.epoch, m.key_id, self.store.seal(key)))
+            db.execute(
+                "INSERT INTO messages (sender_device, message_id, conversation_id, sender, outgoing, epoch, seq, "
+                "sent_at, created_at, expires_at, policy, sealed_body, warning, stored_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (m.sender_device, m.message_id, m.conversation_id, m.sender, int(m.sender == self.user_id),
+                 m.epoch, seq, plaintext["sent_at"], _time_or_none(m.created_at), _time_or_none(m.expires_at),
+                 m.policy, self.store.seal(json.dumps(plaintext).encode()), "; ".join(warnings) or None,
+                 int(time.time())))
+
+    def _record_failure(self, msg: object, rejected: Rejected) -> None:
+        get = msg.get if isinstance(msg, dict) else (lambda k: None)
+        text = (lambda v: v if isinstance(v, str) else None)
+        with self.store.transaction() as db:
+            db.execute("INSERT INTO failures (message_id, conversation_id, sender, sender_device, reason, detail, "
+                       "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (str(get("message_id")), text(get("conversation_id")), text(get("sender")),
+                        text(get("sender_device")), rejected.reason, rejected.detail, int(time.time())))
+
+    def open_history_message(self, msg: dict) -> dict:
+        """A message of the server's history (§7), checked as on receipt but not
+        stored (it was received, or sent, before)."""
+        try:
+            m = crypto.parse(msg)
+            crypto.check_certificate(m, now=int(time.time()))
+            view = self._epoch_view(m.conversation_id, m.epoch)
+            if view is not None and (m.sender not in view[0] or view[1] != m.participants_sha256):
+                raise Rejected("participants_mismatch", "not our view of the conversation at that epoch")
+            crypto.check_signature(m)
+            plaintext = crypto.decrypt(self._message_key(m), m)
+        except Rejected as rejected:
+            return {"message_id": msg.get("message_id"), "error": rejected.reason, "detail": rejected.detail}
+        return {"message_id": m.message_id, "sender": m.sender, "sender_device": m.sender_device,
+                "seq": plaintext["seq"], "sent_at": plaintext["sent_at"], "body": plaintext["body"],
+                "policy": m.policy, "created_at": m.created_at, "expires_at": m.expires_at}
+
+    def server_history(self, conversation_id: str, *, limit: int = 100) -> list[dict]:
+        """What the server still stores of this conversation for this device, newest first."""
+        out, before = [], None
+        while len(out) < limit:
+            page = self.call("GET", f"/dms/conversations/{conversation_id}/messages",
+                             params={"limit": min(100, limit - len(out)), **({"before": before} if before else {})})
+            out += [self.open_history_message(m) for m in page["messages"]]
+            if not page["has_more"]:
+                break
+            before = page["cursor"]
+        return out
+
+    # --- what the user sees ----------------------------------------------------------------------
+
+    def _message_out(self, row: sqlite3.Row) -> dict:
+        body = json.loads(self.store.unseal(row["sealed_body"]))["body"] if row["sealed_body"] is not None else None
+        return {"type": "message", "conversation_id": row["conversation_id"], "message_id": row["message_id"],
+                "sender": row["sender"], "sender_device": row["sender_device"], "mine": bool(row["outgoing"]),
+                "seq": row["seq"], "sent_at": row["sent_at"], "body": body, "policy": row["policy"],
+                "expires_at": rfc3339(row["expires_at"]), "warning": row["warning"]}
+
+    def take_unshown(self) -> list[dict]:
+        """Messages, failures and events not shown yet, oldest first; marks them shown."""
+        db = self.store.db
+        items = [(r["stored_at"], 1, self._message_out(r)) for r in db.execute(
+            "SELECT * FROM messages WHERE shown = 0 ORDER BY stored_at, sent_at")]
+        items += [(r["recorded_at"], 0, {
+            "type": "failed", "message_id": r["message_id"], "conversation_id": r["conversation_id"],
+            "claimed_sender": r["sender"], "claimed_sender_device": r["sender_device"], "reason": r["reason"],
+            "detail": r["detail"]}) for r in db.execute("SELECT * FROM failures WHERE shown = 0 ORDER BY id")]
+        items += [(r["recorded_at"], 0, {"type": "event", "kind": r["kind"], "conversation_id": r["conversation_id"],
+                                         **json.loads(r["detail"])})
+                  for r in db.execute("SELECT * FROM events WHERE shown = 0 ORDER BY id")]
+        with self.store.transaction() as db:
+            for table in ("messages", "failures", "events"):
+                db.execute(f"UPDATE {table} SET shown = 1 WHERE shown = 0")  # noqa: S608 - fixed names
+        return [item for _, _, item in sorted(items, key=lambda i: (i[0], i[1]))]
+
+    def history(self, conversation_id: str, *, limit: int = 50) -> list[dict]:
+        rows = self.store.db.execute(
+            "SELECT * FROM (SELECT * FROM messages WHERE conversation_id = ? AND sealed_body IS NOT NULL "
+            "ORDER BY sent_at DESC, stored_at DESC LIMIT ?) ORDER BY sent_at, stored_at", (conversation_id, limit))
+        return [self._message_out(r) for r in rows]
+
+    def failures(self) -> list[dict]:
+        return [dict(r) for r in self.store.db.execute("SELECT * FROM failures ORDER BY id")]
+
+    def purge_expired(self, *, now: float | None = None) -> None:
+        """Keep no message longer than the server would: bodies go at `expires_at`;
+        the id stays for the replay window (§6), then goes too."""
+        now = int(time.time() if now is None else now)
+        with self.store.transaction() as db:
+            db.execute("UPDATE messages SET sealed_body = NULL WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
+            db.execute("DELETE FROM messages WHERE sealed_body IS NULL AND stored_at + max(?, coalesce(expires_at - "
+                       "created_at, 0)) + ? < ?", (DEFAULT_RETENTION_DAYS * DAY_S, REPLAY_EXTRA_DAYS * DAY_S, now))
+
+
+def rfc3339(seconds: int | None) -> str | None:
+    return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time_or_none(value: str | None) -> int | None:
+    try:
+        return parse_time(value)
+    except (TypeError, ValueError):
+        return None

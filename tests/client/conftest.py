@@ -1,0 +1,158 @@
+"""Fixtures for the reference client's tests.
+
+`inproc`: the real server application in this process (Django's WSGI handler
+behind httpx's WSGI transport, on the test database), so a test can play a
+malicious server by changing rows between a send and a sync. The end-to-end
+tests use real daphne processes instead (`daphne_server`)."""
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dmclient import Client
+
+PASSPHRASE = "correct horse battery staple"
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass
+class InProcessServer:
+    url: str
+    transport: httpx.BaseTransport
+
+
+@pytest.fixture
+def inproc(db):
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    # As Django's test client does: the connection must survive requests inside the test's transaction.
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield InProcessServer(url="http://testserver", transport=httpx.WSGITransport(app=WSGIHandler()))
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def new_client(inproc, tmp_path):
+    """A fresh user with one device (its store in tmp_path), registered on `inproc`."""
+    clients = []
+
+    def make(name: str = "device") -> Client:
+        client = Client.init(tmp_path / f"{name}-{uuid.uuid4().hex[:6]}", PASSPHRASE, server=inproc.url,
+                             name=name, kdf="min", transport=inproc.transport)
+        clients.append(client)
+        return client
+
+    def add_device(client: Client, name: str = "second") -> Client:
+        new = client.add_device(tmp_path / f"{name}-{uuid.uuid4().hex[:6]}", PASSPHRASE, name=name, kdf="min")
+        clients.append(new)
+        return new
+
+    make.add_device = add_device
+    yield make
+    for client in clients:
+        client.close()
+
+
+# --- end-to-end: the CLI in processes of its own --------------------------------------------------
+
+class Cli:
+    """One device's store, driven through `python -m dmclient --json`."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.env = {**os.environ, "DMCLIENT_PASSPHRASE": PASSPHRASE, "DMCLIENT_KDF": "min"}
+        self.user_id = self.device_id = None
+
+    def args(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "dmclient", "--home", str(self.home), "--json", *args]
+
+    def run(self, *args: str, expect_error: str | None = None, timeout: float = 60) -> dict:
+        proc = subprocess.run(self.args(*args), cwd=BASE_DIR, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        lines = proc.stdout.strip().splitlines()
+        result = json.loads(lines[-1]) if lines else {}
+        self.last_stderr = proc.stderr
+        if expect_error is None:
+            assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"
+        else:
+            assert proc.returncode == 1 and result.get("error") == expect_error, f"{args}: {proc.stdout}\n{proc.stderr}"
+        return result
+
+    def init(self, server_url: str, name: str) -> "Cli":
+        me = self.run("init", "--server", server_url, "--name", name)
+        self.user_id, self.device_id = me["user_id"], me["device_id"]
+        return self
+
+    def add_device(self, home: Path, name: str) -> "Cli":
+        me = self.run("device", "add", "--name", name, "--to", str(home))
+        other = Cli(home)
+        other.user_id, other.device_id = me["user_id"], me["device_id"]
+        return other
+
+    def read(self) -> dict:
+        return self.run("dm", "read")
+
+    def bodies(self) -> list[str]:
+        """Sync, and the bodies of the messages accepted by that sync."""
+        return [i["body"] for i in self.read()["items"] if i["type"] == "message"]
+
+    def listen(self) -> subprocess.Popen:
+        return subprocess.Popen(self.args("dm", "listen"), cwd=BASE_DIR, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, bufsize=1)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    def make(name: str) -> Cli:
+        return Cli(tmp_path / name)
+    return make
+
+
+def database_dump(live_database) -> list[tuple[str, str, object]]:
+    """(table, column, value) for every column of every row of every table of a live server's database."""
+    out = []
+    if live_database.pg_name:
+        import psycopg
+
+        with psycopg.connect(live_database.url) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' "
+                "AND table_type = 'BASE TABLE'")]
+            for table in tables:
+                cursor = conn.execute(f'SELECT * FROM "{table}"')
+                columns = [c.name for c in cursor.description]
+                out += [(table, col, val) for row in cursor for col, val in zip(columns, row)]
+    else:
+        path = live_database.url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                cursor = conn.execute(f'SELECT * FROM "{table}"')
+                columns = [c[0] for c in cursor.description]
+                out += [(table, col, val) for row in cursor for col, val in zip(columns, row)]
+    return out
+
+
+def assert_no_plaintext(live_database, bodies: list[str], present: list[str]) -> None:
+    """No body in any column of any table; `present` (ids the server must hold) proves the scan reads data."""
+    cells = []
+    for table, column, value in database_dump(live_database):
+        raw = bytes(value) if isinstance(value, (bytes, memoryview)) else str(value).encode()
+        cells.append((table, column, raw))
+    for body in bodies:
+        needle = body.encode()
+        hits = [(t, c) for t, c, raw in cells if needle in raw]
+        assert not hits, f"plaintext {body!r} found in {hits}"
+    for marker in present:
+        assert any(marker.encode() in raw for _, _, raw in cells), f"{marker} not found: the scan reads nothing"

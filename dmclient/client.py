@@ -31,6 +31,7 @@ REPLAY_EXTRA_DAYS = 7
 FUTURE_SKEW_MS = DAY_S * 1000
 SEND_ATTEMPTS = 8
 NETWORK_BACKOFF_S = (0.5, 1, 2, 4, 8)
+WRAP_PROBE_S = 60
 SYNC_PAGE = 100
 
 
@@ -468,9 +469,9 @@ class Client:
                 key = self.store.unseal(row["sealed_key"])
                 return key, protocol.key_id(key)
             key = crypto.new_group_key()
-            db.execute("INSERT INTO sender_keys (conversation_id, epoch, generation, key_id, sealed_key) "
-                       "VALUES (?, ?, ?, ?, ?)", (conversation_id, epoch, 0 if row is None else row["generation"] + 1,
-                                                  protocol.key_id(key), self.store.seal(key)))
+            db.execute("INSERT INTO sender_keys (conversation_id, epoch, generation, key_id, sealed_key, probed_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (conversation_id, epoch, 0 if row is None else row["generation"] + 1,
+                                                     protocol.key_id(key), self.store.seal(key), int(time.time())))
         return key, protocol.key_id(key)
 
     def _recipient_devices(self, view: ConversationView, *, refresh: bool = False) -> list[str]:
@@ -502,6 +503,7 @@ class Client:
         retries: list[str] = []
         sealed = wraps = None
         key = key_id = None
+        probing = False
         network_failures = 0
         last_mismatch = None
         for _ in range(SEND_ATTEMPTS):
@@ -512,11 +514,7 @@ class Client:
                                      participants_sha256=view.participants_sha256, plaintext=plaintext)
                 wraps = None
             if wraps is None:
-                already = {r[0] for r in self.store.db.execute(
-                    "SELECT device_id FROM wraps_sent WHERE conversation_id = ? AND key_id = ?",
-                    (conversation_id, key_id))}
-                wraps = {d: None if d in already else self._wrap(d, view, key)
-                         for d in self._recipient_devices(view)}
+                wraps, probing = self._plan_wraps(view, key, key_id)
             body = {"message_id": message_id, "conversation_id": conversation_id, "epoch": view.epoch,
                     "participants_sha256": view.participants_sha256, "retention": accepted, **sealed,
                     "recipients": [{"device_id": d, "key_wrap": w} for d, w in sorted(wraps.items())]}
@@ -561,7 +559,7 @@ class Client:
                 else:
                     raise
                 continue
-            self._store_sent(view, message_id, plaintext, key_id, wraps, answer, seq)
+            self._store_sent(view, message_id, plaintext, key_id, wraps, answer, seq, probed=probing)
             return SendResult(
                 message_id=message_id, conversation_id=conversation_id, epoch=view.epoch, key_id=key_id, seq=seq,
                 created_at=answer["created_at"], expires_at=answer["expires_at"], policy=answer["policy"],
@@ -569,12 +567,30 @@ class Client:
                 untrusted_devices=[p for p in self.untrusted if p["user_id"] in view.participants])
         raise ClientError("send_failed", f"gave up after {SEND_ATTEMPTS} attempts", retries=retries)
 
+    def _plan_wraps(self, view: ConversationView, key: bytes, key_id: str) -> tuple[dict, bool]:
+        """device_id -> wrap, or None where the device holds the key already.
+
+        A wrap is needed until the recipient ACKs a message carrying one (§7,
+        check 10), which the sender cannot see. So a device known to hold the
+        key gets none; one wrapped before but not known to hold it gets a wrap
+        again, except in a probe — at most one per WRAP_PROBE_S per key — that
+        leaves them out and lets `missing_key_wraps` name those still lacking it.
+        This keeps offline recipients from costing every message a second attempt."""
+        known = {r[0]: r[1] for r in self.store.db.execute(
+            "SELECT device_id, holds_key FROM wraps_sent WHERE conversation_id = ? AND key_id = ?",
+            (view.conversation_id, key_id))}
+        probed_at = self.store.db.execute("SELECT probed_at FROM sender_keys WHERE key_id = ?", (key_id,)).fetchone()[0]
+        probing = time.time() - probed_at >= WRAP_PROBE_S and any(not holds for holds in known.values())
+        wraps = {d: None if known.get(d) or (probing and d in known) else self._wrap(d, view, key)
+                 for d in self._recipient_devices(view)}
+        return wraps, probing
+
     def _wrap(self, device_id: str, view: ConversationView, key: bytes) -> dict:
         return crypto.wrap(device=self.device, recipient_device=device_id, conversation_id=view.conversation_id,
                            epoch=view.epoch, group_key=key)
 
     def _store_sent(self, view: ConversationView, message_id: str, plaintext: bytes, key_id: str, wraps: dict,
-                    answer: dict, seq: int) -> None:
+                    answer: dict, seq: int, *, probed: bool) -> None:
         with self.store.transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO messages (sender_device, message_id, conversation_id, sender, outgoing, epoch, "
@@ -583,9 +599,12 @@ class Client:
                 (self.device_id, message_id, view.conversation_id, self.user_id, view.epoch, seq,
                  json.loads(plaintext)["sent_at"], parse_time(answer["created_at"]), parse_time(answer["expires_at"]),
                  answer["policy"], self.store.seal(plaintext), int(time.time())))
-            db.executemany("INSERT OR IGNORE INTO wraps_sent (conversation_id, key_id, device_id) VALUES (?, ?, ?)",
-                           [(view.conversation_id, key_id, d) for d, w in wraps.items() if w is not None])
-            db.execute("UPDATE sender_keys SET used = used + 1 WHERE key_id = ?", (key_id,))
+            # Accepted without a wrap: the server holds a receipt, so that device holds the key.
+            db.executemany("INSERT INTO wraps_sent (conversation_id, key_id, device_id, holds_key) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT DO UPDATE SET holds_key = max(holds_key, excluded.holds_key)",
+                           [(view.conversation_id, key_id, d, int(w is None)) for d, w in wraps.items()])
+            db.execute("UPDATE sender_keys SET used = used + 1" + (", probed_at = ?" if probed else "") +
+                       " WHERE key_id = ?", (int(time.time()), key_id) if probed else (key_id,))
 
     # --- receiving (§6) ---------------------------------------------------------------------------
 

@@ -50,10 +50,10 @@ CREATE TABLE directory_fetched (user_id TEXT PRIMARY KEY, fetched_at INTEGER NOT
 CREATE TABLE sender_keys (
     conversation_id TEXT NOT NULL, epoch INTEGER NOT NULL, generation INTEGER NOT NULL,
     key_id TEXT NOT NULL UNIQUE, sealed_key BLOB NOT NULL, used INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (conversation_id, epoch, generation));
+    probed_at INTEGER NOT NULL, PRIMARY KEY (conversation_id, epoch, generation));
 CREATE TABLE wraps_sent (
     conversation_id TEXT NOT NULL, key_id TEXT NOT NULL, device_id TEXT NOT NULL,
-    PRIMARY KEY (conversation_id, key_id, device_id));
+    holds_key INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (conversation_id, key_id, device_id));
 CREATE TABLE received_keys (
     conversation_id TEXT NOT NULL, sender_device TEXT NOT NULL, epoch INTEGER NOT NULL,
     key_id TEXT NOT NULL, sealed_key BLOB NOT NULL,

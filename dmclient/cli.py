@@ -114,10 +114,11 @@ class Progress:
         self.last = None
 
     def __call__(self, done: int, total: int | None) -> None:
-        line = f"\rsyncing: {done}/{total} messages" if total else f"\rsyncing: {done} messages"
-        sys.stderr.write(line)
+        complete = bool(total) and done >= total
+        sys.stderr.write(f"\rsyncing: {done}/{total} messages" if total else f"\rsyncing: {done} messages")
+        sys.stderr.write("\n" if complete else "")
         sys.stderr.flush()
-        self.last = done
+        self.last = None if complete else done
 
     def finish(self) -> None:
         if self.last is not None:
@@ -274,6 +275,7 @@ def cmd_dm_send(args, out: Output) -> None:
 
 def cmd_dm_read(args, out: Output) -> None:
     client = open_client(args, out)
+    client.conversations()  # membership and retention changes show even when no message comes
     progress = Progress() if (args.progress or (sys.stderr.isatty() and not out.as_json)) else None
     try:
         report = client.sync(progress=progress)

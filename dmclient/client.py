@@ -308,16 +308,22 @@ class Client:
         """`user_id`'s active devices whose certificates verify against it. A
         device that fails is not used, and the user is told (an event)."""
         db = self.store.db
+        now = int(time.time())
         if not refresh and db.execute("SELECT 1 FROM directory_fetched WHERE user_id = ?", (user_id,)).fetchone():
-            return [r[0] for r in db.execute("SELECT device_id FROM directory WHERE user_id = ? ORDER BY device_id",
-                                             (user_id,))]
+            cached = db.execute("SELECT device_id, certificate FROM directory WHERE user_id = ? ORDER BY device_id",
+                                (user_id,)).fetchall()
+            try:  # checked again at each use: a certificate may have expired since it was fetched
+                for device_id, cert in cached:
+                    protocol.cert_check_client(json.loads(cert), user_id=user_id, device_id=device_id, now=now)
+                return [device_id for device_id, _ in cached]
+            except protocol.ProtocolError:
+                pass
         try:
             listed = self.call("GET", f"/users/{user_id}/devices")["devices"]
         except ApiError as exc:
             if exc.status != 404:
                 raise
             listed = []
-        now = int(time.time())
         good, bad = [], []
         for device in listed:
             device_id = device.get("device_id") if isinstance(device, dict) else None
@@ -677,8 +683,8 @@ class Client:
                 self._refreshed.add(cid)
             try:
                 self.conversation(cid, refresh=True)
-            except ClientError:
-                raise Rejected("not_a_participant", "the conversation is unknown to us") from None
+            except ClientError as exc:
+                raise Rejected("not_a_participant", exc.detail) from None
             view = self._epoch_view(cid, m.epoch)
         if view is not None:
             if m.sender not in view[0]:
@@ -811,20 +817,21 @@ class Client:
 
     def take_unshown(self) -> list[dict]:
         """Messages, failures and events not shown yet, oldest first; marks them shown."""
-        db = self.store.db
-        items = [(r["stored_at"], 1, self._message_out(r)) for r in db.execute(
-            "SELECT * FROM messages WHERE shown = 0 ORDER BY stored_at, sent_at")]
-        items += [(r["recorded_at"], 0, {
+        with self.store.transaction() as db:
+            rows = {table: db.execute(f"SELECT rowid AS rid, * FROM {table} WHERE shown = 0").fetchall()  # noqa: S608
+                    for table in ("messages", "failures", "events")}
+            for table, selected in rows.items():
+                db.executemany(f"UPDATE {table} SET shown = 1 WHERE rowid = ?",  # noqa: S608 - fixed names
+                               [(r["rid"],) for r in selected])
+        items = [(r["stored_at"], 1, r["sent_at"], self._message_out(r)) for r in rows["messages"]]
+        items += [(r["recorded_at"], 0, r["id"], {
             "type": "failed", "message_id": r["message_id"], "conversation_id": r["conversation_id"],
             "claimed_sender": r["sender"], "claimed_sender_device": r["sender_device"], "reason": r["reason"],
-            "detail": r["detail"]}) for r in db.execute("SELECT * FROM failures WHERE shown = 0 ORDER BY id")]
-        items += [(r["recorded_at"], 0, {"type": "event", "kind": r["kind"], "conversation_id": r["conversation_id"],
-                                         **json.loads(r["detail"])})
-                  for r in db.execute("SELECT * FROM events WHERE shown = 0 ORDER BY id")]
-        with self.store.transaction() as db:
-            for table in ("messages", "failures", "events"):
-                db.execute(f"UPDATE {table} SET shown = 1 WHERE shown = 0")  # noqa: S608 - fixed names
-        return [item for _, _, item in sorted(items, key=lambda i: (i[0], i[1]))]
+            "detail": r["detail"]}) for r in rows["failures"]]
+        items += [(r["recorded_at"], 0, r["id"], {"type": "event", "kind": r["kind"],
+                                                  "conversation_id": r["conversation_id"], **json.loads(r["detail"])})
+                  for r in rows["events"]]
+        return [item for *_, item in sorted(items, key=lambda i: i[:3])]
 
     def history(self, conversation_id: str, *, limit: int = 50) -> list[dict]:
         rows = self.store.db.execute(

@@ -160,5 +160,5 @@ class Listener:
                 self.emit({"event": "sync_failed", "error": type(exc).__name__, "detail": str(exc)})
                 loop.call_later(SYNC_RETRY_S, self.sync_wanted.set)
             else:
+                await self._flush()
                 self.emit({"event": "synced", "accepted": report.accepted, "failed": report.failed})
-            await self._flush()

@@ -6,9 +6,12 @@ malicious server by changing rows between a send and a sync. The end-to-end
 tests use real daphne processes instead (`daphne_server`)."""
 import json
 import os
+import queue
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +72,9 @@ def new_client(inproc, tmp_path):
 class Cli:
     """One device's store, driven through `python -m dmclient --json`."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, listeners: list | None = None):
         self.home = home
+        self.listeners = listeners if listeners is not None else []
         self.env = {**os.environ, "DMCLIENT_PASSPHRASE": PASSPHRASE, "DMCLIENT_KDF": "min"}
         self.user_id = self.device_id = None
 
@@ -96,7 +100,7 @@ class Cli:
 
     def add_device(self, home: Path, name: str) -> "Cli":
         me = self.run("device", "add", "--name", name, "--to", str(home))
-        other = Cli(home)
+        other = Cli(home, self.listeners)
         other.user_id, other.device_id = me["user_id"], me["device_id"]
         return other
 
@@ -107,16 +111,90 @@ class Cli:
         """Sync, and the bodies of the messages accepted by that sync."""
         return [i["body"] for i in self.read()["items"] if i["type"] == "message"]
 
-    def listen(self) -> subprocess.Popen:
-        return subprocess.Popen(self.args("dm", "listen"), cwd=BASE_DIR, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, bufsize=1)
+    def listen(self, *extra: str) -> "Listening":
+        listening = Listening(subprocess.Popen(self.args("dm", "listen", *extra), cwd=BASE_DIR, env=self.env,
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1))
+        self.listeners.append(listening)
+        return listening
+
+
+class Listening:
+    """A running `dm listen --json`: its JSON lines, read as they come."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[dict] = []
+        self.stderr: list[str] = []
+        threading.Thread(target=self._pump, args=(proc.stdout, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(proc.stderr, False), daemon=True).start()
+
+    def _pump(self, stream, is_stdout: bool) -> None:
+        for line in stream:
+            if is_stdout:
+                self.lines.put(json.loads(line))
+            else:
+                self.stderr.append(line)
+
+    def wait_for(self, predicate, timeout: float = 20) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                item = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"not seen in {timeout} s; seen {self.seen}; stderr {''.join(self.stderr)}") from None
+            self.seen.append(item)
+            if predicate(item):
+                return item
+
+    def wait_event(self, event: str, timeout: float = 20) -> dict:
+        return self.wait_for(lambda i: i.get("event") == event, timeout)
+
+    def wait_body(self, body: str, timeout: float = 20) -> dict:
+        return self.wait_for(lambda i: i.get("type") == "message" and i.get("body") == body, timeout)
+
+    def drain(self, seconds: float) -> None:
+        """Collect what comes for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self.seen.append(self.lines.get(timeout=left))
+            except queue.Empty:
+                return
+
+    def bodies(self) -> list[str]:
+        return [i["body"] for i in self.seen if i.get("type") == "message"]
+
+    def events(self, event: str) -> list[dict]:
+        return [i for i in self.seen if i.get("event") == event]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=10)
 
 
 @pytest.fixture
 def cli(tmp_path):
+    listeners: list[Listening] = []
+
     def make(name: str) -> Cli:
-        return Cli(tmp_path / name)
-    return make
+        return Cli(tmp_path / name, listeners)
+    yield make
+    for listening in listeners:
+        listening.stop()
+
+
+def live_query(live_database, sql: str, params: list = ()) -> list[tuple]:
+    """A query on a live server's database; `%s` placeholders, uuid.UUID for UUID columns."""
+    if live_database.pg_name:
+        import psycopg
+
+        with psycopg.connect(live_database.url) as conn:
+            return [tuple(row) for row in conn.execute(sql, params)]
+    params = [p.hex if isinstance(p, uuid.UUID) else p for p in params]  # Django keeps UUIDs as hex in SQLite
+    with sqlite3.connect(live_database.url.removeprefix("sqlite:///")) as conn:
+        return conn.execute(sql.replace("%s", "?"), params).fetchall()
 
 
 def database_dump(live_database) -> list[tuple[str, str, object]]:

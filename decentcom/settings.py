@@ -117,7 +117,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_PREFIX}:asgi"},
+            # The layer's receive blocks in Redis for 5 s at a time; redis-py's
+            # default socket timeout (5 s) raced it and killed idle consumers.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 10}], "prefix": f"{REDIS_PREFIX}:asgi"},
         }
     }
     CACHES = {

@@ -181,7 +181,10 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             if self.slot_key:
                 await sync_to_async(services.gateway_slot_renew)(key=self.slot_key, owner=self.channel_name)
             if time.monotonic() - self.groups_joined_at > group_renew_s:
-                await self._join_groups()
+                try:
+                    await self._join_groups()
+                except Exception as exc:  # noqa: BLE001 - a channel-layer blip; retried next beat
+                    logger.warning("gateway: groups not renewed: %s", type(exc).__name__)
 
     def _header(self, name: bytes) -> bytes:
         return next((value for key, value in self.scope.get("headers", []) if key.lower() == name), b"")

@@ -335,3 +335,20 @@ def test_connections_over_the_per_device_limit_close_4008():
         await close_all(second, third)
 
     run(scenario)
+
+
+@pytest.mark.requires_redis
+def test_an_idle_connection_survives_the_redis_layers_blocking_receive():
+    # channels_redis blocks 5 s per receive; a client socket timeout of 5 s
+    # (redis-py's default) raced it and killed idle consumers every 5 s.
+    alice, bob = make_person(1), make_person(1)
+    conversation = create_conversation(alice.device, [bob.id])
+
+    async def scenario():
+        comm, _ = await connect(bob.device.client.token)
+        assert await comm.receive_nothing(timeout=11)
+        body = await sync_to_async(send_dm)(alice.device, conversation)
+        assert (await next_op(comm, "DM_NOTIFY"))["d"]["message_id"] == body["message_id"]
+        await close_all(comm)
+
+    run(scenario)

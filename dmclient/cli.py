@@ -172,7 +172,12 @@ def user_ids(values: list[str]) -> list[str]:
 
 def cmd_init(args, out: Output) -> None:
     client = Client.init(home_of(args), passphrase(confirm=True), server=args.server, name=args.name,
-                         join=args.join, expires_days=args.expires_days)
+                         join=args.join, expires_days=args.expires_days, register=False)
+    if not args.join:
+        try:
+            client.login()  # registers the device
+        except NetworkError as exc:
+            notice(f"warning: {exc}; the device registers at its first use")
     me = client.whoami()
     if args.join:
         text = (f"device key created: {me['device_id']}\n"
@@ -240,7 +245,11 @@ def conversation_text(c: dict) -> str:
 
 
 def cmd_dm_new(args, out: Output) -> None:
-    conversation, created = open_client(args, out).create_conversation(user_ids(args.users), retention=retention_arg(args))
+    retention = retention_arg(args)
+    conversation, created = open_client(args, out).create_conversation(user_ids(args.users), retention=retention)
+    if not created and retention is not None and retention != conversation["retention"]:
+        notice(f"this direct conversation exists and keeps its retention {retention_text(conversation['retention'])};"
+               " change it with `dm retention`")
     out.result({"conversation": conversation, "created": created},
                ("created " if created else "existing ") + conversation_text(conversation))
 

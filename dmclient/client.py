@@ -144,10 +144,11 @@ class Client:
     @classmethod
     def init(cls, home, passphrase: str, *, server: str, name: str, join: bool = False,
              expires_days: int | None = None, kdf: str | None = None,
-             transport: httpx.BaseTransport | None = None) -> Client:
+             transport: httpx.BaseTransport | None = None, register: bool = True) -> Client:
         """A new store. Without `join`: a new user (master key) and its first
-        device, which registers at once. With `join`: only a device key, waiting
-        for a certificate from the user's master key (`import_certificate`)."""
+        device, which registers at once (or, with `register=False`, at its first
+        login). With `join`: only a device key, waiting for a certificate from
+        the user's master key (`import_certificate`)."""
         server = server.rstrip("/")
         protocol.origin(server)
         device = KeyPair.generate()
@@ -163,7 +164,7 @@ class Client:
         store.meta_set_many({"server": server, "device_name": name, "user_id": master.id if master else None,
                              "certificate": cert})
         client = cls(store, transport=transport)
-        if cert is not None:
+        if cert is not None and register:
             client.login()
         return client
 
@@ -501,10 +502,23 @@ class Client:
         them), 429 (wait Retry-After, in Api) and network errors (same body
         again). Every attempt carries the same message_id."""
         view = self.conversation(conversation_id)
-        row = self._local_view(conversation_id)
-        accepted = json.loads(row["retention_accepted"])
-        message_id = str(uuid.uuid4())
         seq = self._next_seq(conversation_id)
+        try:
+            return self._send(view, text, seq, confirm_retention)
+        except (ClientError, ApiError):
+            # Refused for good, so nothing was stored: give the seq back unless a later
+            # send took one, so recipients see no false gap. (After a network error the
+            # message may be stored; then the seq stays used.)
+            with self.store.transaction() as db:
+                db.execute("UPDATE conversations SET next_seq = ? WHERE conversation_id = ? AND next_seq = ?",
+                           (seq, conversation_id, seq + 1))
+            raise
+
+    def _send(self, view: ConversationView, text: str, seq: int,
+              confirm_retention: Callable[[dict, dict], bool] | None) -> SendResult:
+        conversation_id = view.conversation_id
+        accepted = json.loads(self._local_view(conversation_id)["retention_accepted"])
+        message_id = str(uuid.uuid4())
         plaintext = crypto.plaintext_encode(body=text, sent_at=_now_ms(), seq=seq)
         retries: list[str] = []
         sealed = wraps = None
@@ -619,6 +633,10 @@ class Client:
         """Fetch pending messages, check and store each, then ACK the page
         (store first: a crash before storing means the message comes again).
         Pages on with `after`, then finishes with passes without it (§7)."""
+        with self.store.sync_lock():
+            return self._sync(progress=progress, total=total, limit=limit)
+
+    def _sync(self, *, progress, total, limit) -> SyncReport:
         report = SyncReport()
         if progress is not None and total is None:
             total = next((d["pending_count"] for d in self.call("GET", "/devices")["devices"] if d["current"]), None)

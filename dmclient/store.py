@@ -7,6 +7,7 @@ membership stay in clear so the store can be queried without the key.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -20,6 +21,7 @@ import nacl.secret
 import nacl.utils
 
 STORE_FILE = "store.sqlite3"
+SYNC_LOCK_FILE = "sync.lock"
 SCHEMA_VERSION = 1
 VERIFIER = b"decentcom/dmclient/store/v1\n"
 
@@ -178,6 +180,18 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    @contextmanager
+    def sync_lock(self):
+        """One sync at a time per store: a listener and a `dm read` on the same
+        device would otherwise both fetch a message, and the slower one would
+        take it for a replay."""
+        fd = os.open(self.path.parent / SYNC_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     # --- sealing -----------------------------------------------------------------
 

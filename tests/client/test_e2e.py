@@ -217,7 +217,7 @@ def test_server_restart_during_listen(daphne_server, live_database, cli):
     assert_no_plaintext(live_database, [before, during, after], present=[alice.device_id])
 
 
-def test_join_flow_with_a_certificate_file_and_help(daphne_server, cli, tmp_path):
+def test_join_flow_with_a_certificate_file(daphne_server, cli, tmp_path):
     """The other way to add a device: the key is made on the device, only the certificate travels."""
     alice = cli("alice").init(daphne_server.url, "phone")
     tablet = cli("tablet")

@@ -77,7 +77,7 @@ def test_retention_changed_asks_before_sending(pair):
     asked = []
     sent = alice.send(cid, "two", confirm_retention=lambda old, new: asked.append((old, new)) or True)
     assert asked == [({"policy": "ttl", "ttl_days": 14}, {"policy": "burn_on_read", "ttl_days": None})]
-    assert (sent.retries, sent.policy) == (["retention_changed"], "burn_on_read")
+    assert (sent.retries, sent.policy, sent.seq) == (["retention_changed"], "burn_on_read", 2)  # the refusal kept no seq
     assert alice.send(cid, "three").retries == []  # accepted once, not asked again
     refused = []
     bob.set_retention(cid, {"policy": "ttl", "ttl_days": 3})

@@ -1,5 +1,6 @@
 """The gateway consumer (§9) against the real ASGI application, database and
 channel layer (in-memory, or Redis when REDIS_URL is set)."""
+import datetime as dt
 import json
 import time
 
@@ -7,7 +8,10 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.test import override_settings
+from django.utils import timezone
 
+from devices.models import AuthSession
+from devices.selectors import token_sha256
 from dms.selectors import server_settings_get
 from tests.factories import build_send, create_conversation, make_person, send
 from tests.gateway.wsutil import close_all, closed_with, communicator, connect, connect_refused, next_op, silent
@@ -179,16 +183,24 @@ def test_heartbeat_answered_keeps_the_connection_missed_closes_4002():
     run(scenario)
 
 
+def end_session(client, how: str) -> None:
+    if how == "logout":
+        assert client.post("/api/v1/auth/logout").status_code == 204
+    else:
+        AuthSession.objects.filter(token_sha256=token_sha256(client.token)).update(
+            expires_at=timezone.now() - dt.timedelta(seconds=1))
+
+
 @FAST_HEARTBEAT
-def test_logout_closes_the_connection_4001_at_the_next_heartbeat():
+@pytest.mark.parametrize("how", ["logout", "expiry"])
+def test_a_session_that_ends_closes_its_connection_4001_at_the_next_heartbeat(how):
     alice = make_person(1)
 
     async def scenario():
         comm, _ = await connect(alice.device.client.token)
         await next_op(comm, "HEARTBEAT", timeout=1)
         await comm.send_json_to({"op": "HEARTBEAT_ACK", "d": {}})
-        response = await sync_to_async(alice.device.client.post)("/api/v1/auth/logout")
-        assert response.status_code == 204
+        await sync_to_async(end_session)(alice.device.client, how)
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             output = await comm.receive_output(timeout=1)
@@ -198,7 +210,7 @@ def test_logout_closes_the_connection_4001_at_the_next_heartbeat():
             assert json.loads(output["text"])["op"] == "HEARTBEAT"
             await comm.send_json_to({"op": "HEARTBEAT_ACK", "d": {}})
         else:
-            pytest.fail("still open 2 s after logout")
+            pytest.fail(f"still open 2 s after {how}")
         await close_all(comm)
 
     run(scenario)

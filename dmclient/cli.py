@@ -15,7 +15,7 @@ from pathlib import Path
 
 from decentcom import protocol
 from dmclient.api import ApiError, NetworkError
-from dmclient.client import Client, ClientError, passphrase_from_env
+from dmclient.client import Client, ClientError
 from dmclient.listener import Listener, Revoked
 from dmclient.store import StoreError
 
@@ -35,11 +35,8 @@ def short(value: str | None) -> str:
     return "-" if value is None else value[:8]
 
 
-def when(ms_or_s: int | None, *, ms: bool = False) -> str:
-    if ms_or_s is None:
-        return "never"
-    seconds = ms_or_s / 1000 if ms else ms_or_s
-    return dt.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+def local_time(unix_ms: int) -> str:
+    return dt.datetime.fromtimestamp(unix_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def retention_text(retention: dict | None) -> str:
@@ -54,7 +51,7 @@ def item_text(item: dict, me: str | None) -> str:
     conv = f"[{short(item.get('conversation_id'))}]"
     if item.get("type") == "message":
         who = "me" if item["sender"] == me else short(item["sender"])
-        text = f"{conv} {when(item['sent_at'], ms=True)} {who}/{short(item['sender_device'])} #{item['seq']}: {item['body']}"
+        text = f"{conv} {local_time(item['sent_at'])} {who}/{short(item['sender_device'])} #{item['seq']}: {item['body']}"
         return text + (f"\n    warning: {item['warning']}" if item.get("warning") else "")
     if item.get("type") == "failed":
         return (f"{conv} REJECTED message {item['message_id']} claiming to be from "
@@ -128,12 +125,12 @@ class Progress:
 
 # --- passphrases and opening ------------------------------------------------------------------
 
-def passphrase(*, confirm: bool = False, env: str = "DMCLIENT_PASSPHRASE", prompt: str = "Passphrase: ") -> str:
-    value = os.environ.get(env) if env != "DMCLIENT_PASSPHRASE" else passphrase_from_env()
+def passphrase(*, confirm: bool = False, prompt: str = "Passphrase: ") -> str:
+    value = os.environ.get("DMCLIENT_PASSPHRASE")
     if value is not None:
         return value
     if not sys.stdin.isatty():
-        raise CliError("no_passphrase", f"set {env} or run in a terminal")
+        raise CliError("no_passphrase", "set DMCLIENT_PASSPHRASE or run in a terminal")
     value = getpass.getpass(prompt)
     if confirm and getpass.getpass("Again: ") != value:
         raise CliError("passphrase_mismatch", "the passphrases differ")
@@ -197,7 +194,8 @@ def cmd_whoami(args, out: Output) -> None:
 
 def cmd_device_add(args, out: Output) -> None:
     client = open_client(args, out)
-    new_pass = os.environ.get("DMCLIENT_NEW_PASSPHRASE") or passphrase_from_env() or passphrase(
+    # The new store's passphrase: $DMCLIENT_NEW_PASSPHRASE, else this store's, else asked.
+    new_pass = os.environ.get("DMCLIENT_NEW_PASSPHRASE") or passphrase(
         confirm=True, prompt="Passphrase for the new device's store: ")
     new = client.add_device(args.to, new_pass, name=args.name, expires_days=args.expires_days,
                             permissions=["manage_devices"] if args.manage_devices else [])

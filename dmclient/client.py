@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sqlite3
 import time
 import uuid
@@ -118,10 +117,6 @@ class SendResult:
 class SyncReport:
     accepted: int = 0
     failed: int = 0
-
-
-def passphrase_from_env() -> str | None:
-    return os.environ.get("DMCLIENT_PASSPHRASE")
 
 
 class Client:

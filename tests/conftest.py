@@ -18,7 +18,19 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _fresh_rate_limits():
-    cache.clear()
+    """Each test starts with no rate-limit counters. On Redis only this run's
+    cache keys go: a FLUSHDB would also drop live servers' channel groups."""
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        keys = list(client.scan_iter(f"{settings.REDIS_PREFIX}:*", count=1000))
+        cache_keys = [k for k in keys if not k.startswith(f"{settings.REDIS_PREFIX}:asgi".encode())]
+        if cache_keys:
+            client.delete(*cache_keys)
+        client.close()
+    else:
+        cache.clear()
     yield
 
 

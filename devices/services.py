@@ -87,6 +87,8 @@ def user_get_or_create(*, user_id: str) -> User:
 
 
 def session_create(*, user: User, device: Device | None, now) -> tuple[AuthSession, str]:
+    if device is not None:
+        device_touch(device=device, now=now)
     token = secrets.token_urlsafe(32)
     session = AuthSession.objects.create(
         token_sha256=token_sha256(token), user=user, device=device, created_at=now,

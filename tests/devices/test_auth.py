@@ -46,6 +46,7 @@ def test_device_login_with_certificate_registers_device_then_without():
     assert Device.objects.get(device_id=device.id).user.username == master.id
     again = verify(APIClient(), device)
     assert again.status_code == 200 and again.json()["device_id"] == device.id
+    assert Device.objects.get(device_id=device.id).last_seen_at is not None  # a login is a sighting
 
 
 def test_reused_challenge_refused():

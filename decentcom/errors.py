@@ -6,7 +6,8 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 
 from decentcom.protocol import ProtocolError
@@ -112,4 +113,38 @@ def is_database_down(exc: BaseException) -> bool:
         isinstance(exc, DatabaseError) and "connection" in str(exc).lower())
 
 
-__all__ = ["ApiError", "exception_handler", "json_error", "error_body", "status"]
+# --- the error body in the OpenAPI schema ----------------------------------------
+
+class ErrorSerializer(serializers.Serializer):
+    """Schema only: the §10 body. Codes add their own fields (`epoch`, `missing`, …)."""
+
+    error = serializers.RegexField(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$", help_text="snake_case error code")
+    detail = serializers.CharField(help_text="human-readable text")
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False,
+                                   help_text="validation errors: field name -> messages")
+
+
+_ERROR_MEANINGS = {
+    400: "malformed request (malformed_json, invalid_request, bad_signature, invalid_cursor, …)",
+    401: "no, unknown or expired bearer token; or a failed login",
+    403: "not allowed (forbidden, device_session_required, device_revoked, …)",
+    404: "no such resource, or not one the caller may see",
+    409: "conflicts with the current state (stale_epoch, mismatched_devices, duplicate_message_id, …)",
+    413: "request body or ciphertext too large",
+    415: "the body is not application/json",
+    429: "rate_limited or mailbox_full; `Retry-After` says when to come back",
+    503: "the database is unavailable; `Retry-After` says when to retry",
+}
+# Every authenticated operation can answer these; 503 any operation.
+AUTHENTICATED = (401,)
+DEVICE_SESSION = (401, 403)
+JSON_BODY = (400, 413, 415)
+
+
+def error_responses(*statuses: int) -> dict:
+    """The documented error answers of an operation, for `extend_schema(responses=...)`."""
+    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_MEANINGS[code])
+            for code in sorted({*statuses, 503})}
+
+
+__all__ = ["ApiError", "exception_handler", "json_error", "error_body", "error_responses", "status"]

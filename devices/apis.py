@@ -1,17 +1,35 @@
 from django.conf import settings
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from decentcom import protocol
-from decentcom.errors import ApiError
+from decentcom.errors import AUTHENTICATED, JSON_BODY, ApiError, error_responses
 from decentcom.fields import B58KeyField, B64Field, CertificateField, StrictCharField
 from decentcom.timefmt import rfc3339
 from devices import selectors, services
 from devices.auth import IsAnySession
 from devices.models import Device
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "devices.auth.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "a session token from /auth/verify"}
+
+
+B58_PATTERN = "^[1-9A-HJ-NP-Za-km-z]{32,44}$"
+
+
+def b58_path(name: str, what: str) -> OpenApiParameter:
+    return OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.PATH, pattern=B58_PATTERN,
+                            description=f"{what}: base58 Ed25519 public key")
 
 
 def server_origin(request) -> str:
@@ -60,11 +78,13 @@ class AuthChallengeApi(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
+    @extend_schema_serializer(component_name="ChallengeInput")
     class InputSerializer(serializers.Serializer):
         pubkey = B58KeyField()
 
-    @extend_schema(request=InputSerializer, responses=inline_serializer(
-        "ChallengeOutput", {"challenge": serializers.CharField(), "expires_at": serializers.DateTimeField()}))
+    @extend_schema(request=InputSerializer, responses={200: inline_serializer(
+        "ChallengeOutput", {"challenge": serializers.CharField(), "expires_at": serializers.DateTimeField()}),
+        **error_responses(*JSON_BODY, 429)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -76,15 +96,17 @@ class AuthVerifyApi(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
 
+    @extend_schema_serializer(component_name="VerifyInput")
     class InputSerializer(serializers.Serializer):
         pubkey = B58KeyField()
         challenge = StrictCharField(max_length=64)
         signature = B64Field(length=protocol.SIGNATURE_LEN)
         certificate = CertificateField(required=False, allow_null=True)
 
-    @extend_schema(request=InputSerializer, responses=inline_serializer("VerifyOutput", {
+    @extend_schema(request=InputSerializer, responses={200: inline_serializer("VerifyOutput", {
         "token": serializers.CharField(), "user_id": serializers.CharField(),
-        "device_id": serializers.CharField(allow_null=True), "expires_at": serializers.DateTimeField()}))
+        "device_id": serializers.CharField(allow_null=True), "expires_at": serializers.DateTimeField()}),
+        **error_responses(*JSON_BODY, 401, 403, 409, 429)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -102,7 +124,7 @@ class AuthVerifyApi(APIView):
 class AuthLogoutApi(APIView):
     permission_classes = [IsAnySession]
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(request=None, responses={204: None, **error_responses(*AUTHENTICATED)})
     def post(self, request):
         services.session_logout(session=request.auth)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -111,8 +133,10 @@ class AuthLogoutApi(APIView):
 class UserDeviceListApi(APIView):
     permission_classes = [IsAnySession]
 
-    @extend_schema(responses=inline_serializer("UserDevicesOutput", {
-        "user_id": serializers.CharField(), "devices": DeviceOutput(many=True)}))
+    @extend_schema(parameters=[b58_path("user_id", "the user's master key")],
+                   responses={200: inline_serializer("UserDevicesOutput", {
+                       "user_id": serializers.CharField(), "devices": DeviceOutput(many=True)}),
+                       **error_responses(*AUTHENTICATED, 404)})
     def get(self, request, user_id: str):
         user = selectors.user_get_by_user_id(user_id=user_id)
         if user is None:
@@ -126,10 +150,12 @@ class DevicesApi(APIView):
 
     permission_classes = [IsAnySession]
 
+    @extend_schema_serializer(component_name="DeviceRegisterInput")
     class InputSerializer(serializers.Serializer):
         certificate = CertificateField()
 
-    @extend_schema(responses=inline_serializer("OwnDevicesOutput", {"devices": OwnDeviceOutput(many=True)}))
+    @extend_schema(responses={200: inline_serializer("OwnDevicesOutput", {"devices": OwnDeviceOutput(many=True)}),
+                              **error_responses(*AUTHENTICATED)})
     def get(self, request):
         current = request.auth.device_id
         devices = selectors.device_list_for_owner(user=request.user)
@@ -139,7 +165,8 @@ class DevicesApi(APIView):
             "pending_count": d.pending_count, "current": d.pk == current,
         } for d in devices]})
 
-    @extend_schema(request=InputSerializer, responses={201: DeviceOutput, 200: DeviceOutput})
+    @extend_schema(request=InputSerializer, responses={
+        201: DeviceOutput, 200: DeviceOutput, **error_responses(*AUTHENTICATED, *JSON_BODY, 403, 409, 429)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -150,7 +177,8 @@ class DevicesApi(APIView):
 class DeviceRevokeApi(APIView):
     permission_classes = [IsAnySession]
 
-    @extend_schema(responses={204: None})
+    @extend_schema(parameters=[b58_path("device_id", "the device's key")],
+                   responses={204: None, **error_responses(*AUTHENTICATED, 403, 404)})
     def delete(self, request, device_id: str):
         device = selectors.device_get_for_user(user=request.user, device_id=device_id)
         if device is None:

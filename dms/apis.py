@@ -1,16 +1,22 @@
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from decentcom import protocol
-from decentcom.errors import ApiError
+from decentcom.errors import DEVICE_SESSION, JSON_BODY, ApiError, error_responses
 from decentcom.fields import B58KeyField
+from devices.apis import b58_path
 from dms import selectors, services
 from dms.selectors import conversation_participants_map
 from dms.serializers import (AckInput, AckOutput, ConversationOutput, MessagePageOutput, RetentionSerializer,
                              SendInput, SendOutput, SyncInput)
 from dms.wire import conversation_wire
+
+
+CONVERSATION_ID = OpenApiParameter("conversation_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                                   description="lower-case UUID")
 
 
 def _conversation_or_404(request, conversation_id: str):
@@ -30,17 +36,22 @@ def _wire(conversation) -> dict:
 class ConversationsApi(APIView):
     """GET: my conversations, latest activity first. POST: a direct conversation or a group."""
 
+    @extend_schema_serializer(component_name="ConversationCreateInput")
     class InputSerializer(serializers.Serializer):
         participants = serializers.ListField(child=B58KeyField(), min_length=1, max_length=1000)
         retention = RetentionSerializer(required=False)
 
-    @extend_schema(responses=inline_serializer("ConversationList", {"conversations": ConversationOutput(many=True)}))
+    @extend_schema(operation_id="dms_conversations_list", responses={
+        200: inline_serializer("ConversationList", {"conversations": ConversationOutput(many=True)}),
+        **error_responses(*DEVICE_SESSION)})
     def get(self, request):
         conversations = selectors.conversation_list_for_user(user=request.user)
         participants = conversation_participants_map(conversation_ids=[c.id for c in conversations])
         return Response({"conversations": [conversation_wire(c, participants[c.id]) for c in conversations]})
 
-    @extend_schema(request=InputSerializer, responses={201: ConversationOutput, 200: ConversationOutput})
+    @extend_schema(request=InputSerializer, responses={
+        201: ConversationOutput, 200: ConversationOutput,
+        **error_responses(*DEVICE_SESSION, *JSON_BODY, 409, 429)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -51,14 +62,17 @@ class ConversationsApi(APIView):
 
 
 class ConversationDetailApi(APIView):
+    @extend_schema_serializer(component_name="ConversationPatchInput")
     class PatchSerializer(serializers.Serializer):
         retention = RetentionSerializer()
 
-    @extend_schema(responses=ConversationOutput)
+    @extend_schema(parameters=[CONVERSATION_ID],
+                   responses={200: ConversationOutput, **error_responses(*DEVICE_SESSION, 404)})
     def get(self, request, conversation_id: str):
         return Response(_wire(_conversation_or_404(request, conversation_id)))
 
-    @extend_schema(request=PatchSerializer, responses=ConversationOutput)
+    @extend_schema(parameters=[CONVERSATION_ID], request=PatchSerializer, responses={
+        200: ConversationOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY, 404)})
     def patch(self, request, conversation_id: str):
         conversation = _conversation_or_404(request, conversation_id)
         data = self.PatchSerializer(data=request.data)
@@ -69,10 +83,12 @@ class ConversationDetailApi(APIView):
 
 
 class ConversationParticipantsAddApi(APIView):
+    @extend_schema_serializer(component_name="ParticipantsAddInput")
     class InputSerializer(serializers.Serializer):
         add = serializers.ListField(child=B58KeyField(), min_length=1, max_length=1000)
 
-    @extend_schema(request=InputSerializer, responses=ConversationOutput)
+    @extend_schema(parameters=[CONVERSATION_ID], request=InputSerializer, responses={
+        200: ConversationOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY, 404, 409)})
     def post(self, request, conversation_id: str):
         conversation = _conversation_or_404(request, conversation_id)
         data = self.InputSerializer(data=request.data)
@@ -83,7 +99,8 @@ class ConversationParticipantsAddApi(APIView):
 
 
 class ConversationParticipantRemoveApi(APIView):
-    @extend_schema(responses={204: None})
+    @extend_schema(parameters=[CONVERSATION_ID, b58_path("user_id", "the participant's user id")],
+                   responses={204: None, **error_responses(*DEVICE_SESSION, 404, 409)})
     def delete(self, request, conversation_id: str, user_id: str):
         conversation = _conversation_or_404(request, conversation_id)
         services.conversation_remove_participant(conversation=conversation, actor=request.user, user_id=user_id)
@@ -92,13 +109,15 @@ class ConversationParticipantRemoveApi(APIView):
 
 class ConversationMessagesApi(APIView):
     class QuerySerializer(serializers.Serializer):
-        before = serializers.CharField(required=False, max_length=200)
+        before = serializers.CharField(required=False, allow_blank=True, max_length=200)
         limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
 
-    @extend_schema(parameters=[QuerySerializer], responses=MessagePageOutput)
+    @extend_schema(parameters=[CONVERSATION_ID, QuerySerializer], responses={
+        200: MessagePageOutput, **error_responses(*DEVICE_SESSION, 400, 404)})
     def get(self, request, conversation_id: str):
         conversation = _conversation_or_404(request, conversation_id)
-        query = self.QuerySerializer(data=request.query_params)
+        # A plain dict: DRF reads a blank form value as "not given", so `?limit=` would pass.
+        query = self.QuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         return Response(selectors.dm_list_history(
             conversation=conversation, device=request.auth.device,
@@ -106,7 +125,8 @@ class ConversationMessagesApi(APIView):
 
 
 class DmSendApi(APIView):
-    @extend_schema(request=SendInput, responses={201: SendOutput, 200: SendOutput})
+    @extend_schema(request=SendInput, responses={
+        201: SendOutput, 200: SendOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY, 404, 409, 429)})
     def post(self, request):
         device = request.auth.device
         services.dm_send_rate_check(device=device)
@@ -125,7 +145,8 @@ class DmSendApi(APIView):
 
 
 class DmSyncApi(APIView):
-    @extend_schema(request=SyncInput, responses=MessagePageOutput)
+    @extend_schema(request=SyncInput, responses={
+        200: MessagePageOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY)})
     def post(self, request):
         data = SyncInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -134,7 +155,7 @@ class DmSyncApi(APIView):
 
 
 class DmAckApi(APIView):
-    @extend_schema(request=AckInput, responses=AckOutput)
+    @extend_schema(request=AckInput, responses={200: AckOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY)})
     def post(self, request):
         data = AckInput(data=request.data)
         data.is_valid(raise_exception=True)

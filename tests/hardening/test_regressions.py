@@ -1,0 +1,62 @@
+"""One test per bug the hardening tests (schema fuzzing, the mailbox state
+machine) found; each fails without its fix."""
+import jsonschema
+import pytest
+from drf_spectacular.generators import SchemaGenerator
+
+from dms.models import PendingDm
+from tests.factories import build_send, create_conversation, make_person, send
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(scope="module")
+def openapi():
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+def parameter_schema(openapi, path: str, method: str, name: str) -> dict:
+    operation = openapi["paths"][path][method]
+    return next(p["schema"] for p in operation["parameters"] if p["name"] == name)
+
+
+def test_history_cursor_of_an_empty_page_is_valid_input(openapi):
+    # The server answers an empty history page with cursor "", which the
+    # schema refused (minLength 1) while the API accepted it.
+    alice, bob = make_person(1), make_person(1)
+    conversation = create_conversation(alice.device, [bob.id])
+    url = f"/api/v1/dms/conversations/{conversation['conversation_id']}/messages"
+    cursor = alice.device.client.get(url).json()["cursor"]
+    assert cursor == ""
+    assert alice.device.client.get(url, {"before": cursor}).status_code == 200
+    jsonschema.validate(cursor, parameter_schema(
+        openapi, "/api/v1/dms/conversations/{conversation_id}/messages", "get", "before"))
+
+
+
+def test_history_limit_must_be_an_integer_even_when_empty():
+    # `?limit=` was read as "no limit given" (DRF's form-input rule), so a
+    # value the schema calls invalid was answered 200.
+    alice, bob = make_person(1), make_person(1)
+    conversation = create_conversation(alice.device, [bob.id])
+    url = f"/api/v1/dms/conversations/{conversation['conversation_id']}/messages"
+    response = alice.device.client.get(url, {"limit": ""})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+    assert "limit" in response.json()["fields"]
+
+
+@pytest.mark.xfail(strict=True, reason="found by the mailbox state machine; the fix (delete a burn_on_read "
+                   "message stored with no recipient in dm_send) belongs in dms/services.py, which another "
+                   "engineer is editing")
+def test_burn_on_read_message_without_recipients_is_not_kept():
+    # §8: a burn_on_read row goes as soon as no delivery of it is pending. With
+    # every other device revoked none ever is, yet the row waited for the purge.
+    alice, bob = make_person(1), make_person(1)
+    conversation = create_conversation(alice.device, [bob.id], retention={"policy": "burn_on_read"})
+    assert bob.master_client().delete(f"/api/v1/devices/{bob.device.id}").status_code == 204
+    url = f"/api/v1/dms/conversations/{conversation['conversation_id']}"
+    body = build_send(alice.device, alice.device.client.get(url).json(), recipients=[])
+    response = send(alice.device, body)
+    assert response.status_code == 201 and response.json()["recipients"] == 0
+    assert response.json()["unreachable"] == [bob.id]
+    assert not PendingDm.objects.filter(message_id=body["message_id"]).exists()

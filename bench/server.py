@@ -1,0 +1,156 @@
+"""The benchmark's own server: a fresh database (a temporary SQLite file, or a
+new PostgreSQL database on the cluster DATABASE_URL names), a Redis key prefix
+of its own when REDIS_URL is set, and daphne started as `make run` starts it.
+Everything is removed again by `close()`; nothing touches a developer's data."""
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BenchDatabase:
+    def __init__(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="decentcom-bench-")
+        base = os.environ.get("DATABASE_URL", "")
+        self.pg_name = None
+        if base.startswith(("postgres://", "postgresql://")):
+            import psycopg
+
+            self.pg_name = f"decentcom_bench_{uuid.uuid4().hex[:12]}"
+            parts = urlsplit(base)
+            self.admin_url = urlunsplit(parts._replace(path="/postgres"))
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{self.pg_name}"')
+            self.url = urlunsplit(parts._replace(path=f"/{self.pg_name}"))
+        else:
+            self.url = f"sqlite:///{self.tmp.name}/db.sqlite3"
+        self.redis_prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        debug = os.environ.get("DEBUG", "1")  # `make run` exports DEBUG=1
+        self.env = {**os.environ, "DATABASE_URL": self.url, "VAR_DIR": self.tmp.name, "DEBUG": debug,
+                    "REDIS_PREFIX": self.redis_prefix}
+        if debug.strip().lower() not in ("1", "true", "yes", "on"):
+            # Production mode on loopback: no HTTPS redirect, a throwaway key.
+            self.env.update(SECRET_KEY=secrets.token_urlsafe(32), SECURE_SSL_REDIRECT="0")
+        self.env.pop("DJANGO_SETTINGS_MODULE", None)
+        self.manage("migrate", "--noinput")
+
+    @property
+    def engine(self) -> str:
+        return "postgresql" if self.pg_name else "sqlite"
+
+    def manage(self, *args: str) -> str:
+        return subprocess.run([sys.executable, "manage.py", *args, "-v", "0"], cwd=BASE_DIR, env=self.env,
+                              check=True, capture_output=True, text=True, timeout=120).stdout
+
+    def close(self):
+        if self.pg_name:
+            import psycopg
+
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+        redis_url = os.environ.get("REDIS_URL")
+        if redis_url:
+            import redis
+
+            client = redis.Redis.from_url(redis_url)
+            keys = list(client.scan_iter(match=f"{self.redis_prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+        self.tmp.cleanup()
+
+
+class BenchServer:
+    """daphne serving decentcom.asgi:application, as `make run`'s web process."""
+
+    def __init__(self, database: BenchDatabase):
+        self.port = free_port()
+        self.log_path = Path(database.tmp.name) / "daphne.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                 "decentcom.asgi:application"],
+                cwd=BASE_DIR, env=database.env, stdout=log, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daphne exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("daphne did not start in 30 s")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- a server process seen from outside -------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM: the resident set's high-water mark."""
+    match = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(match.group(1)) * 1024
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The local process with a listening TCP socket on `port`, if we may see it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # LISTEN
+                inodes.add(cols[9])
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None

@@ -1,0 +1,60 @@
+"""Django's HTTP handling under daphne, one thread hop per request.
+
+Django's own ASGIHandler runs every request on a new thread (a
+ThreadSensitiveContext each), and with a sync-only middleware between async
+ones it hops thread → event loop → thread for each request. bench.mailbox
+measured that at about half the server's CPU per send, plus a new database
+connection per request (thread-local connections cannot outlive their
+thread). Here the whole middleware chain and view run in one hop, on a fixed
+pool of threads that keep their connections (CONN_MAX_AGE applies as under
+WSGI). `HTTP_THREADS` sets the pool: 1 on SQLite, whose single writer lock
+would otherwise make threads sleep in its busy handler."""
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.http import FileResponse
+from django.urls import set_script_prefix
+
+
+class PooledHttpHandler(ASGIHandler):
+    def __init__(self):
+        BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+        self.executor = ThreadPoolExecutor(max_workers=settings.HTTP_THREADS, thread_name_prefix="http")
+
+    def _in_pool(self, func):
+        return sync_to_async(func, thread_sensitive=False, executor=self.executor)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"HTTP only, not {scope['type']}")
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        try:
+            response = await self._in_pool(self._respond)(scope, body_file)
+            await self.send_response(response, send)
+            if response.streaming:
+                await self._in_pool(response.close)()
+        finally:
+            body_file.close()
+
+    def _respond(self, scope, body_file):
+        # The request signals run here, so connections are kept or closed in the thread that uses them.
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size
+        if not response.streaming:
+            response.close()  # its content is already in memory
+        return response

@@ -11,7 +11,7 @@ from devices.apis import b58_path
 from dms import selectors, services
 from dms.selectors import conversation_participants_map
 from dms.serializers import (AckInput, AckOutput, ConversationOutput, MessagePageOutput, RetentionSerializer,
-                             SendInput, SendOutput, SyncInput)
+                             SendInput, SendOutput, SyncInput, send_input_validate)
 from dms.wire import conversation_wire
 
 
@@ -129,11 +129,10 @@ class DmSendApi(APIView):
         201: SendOutput, 200: SendOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY, 404, 409, 429)})
     def post(self, request):
         device = request.auth.device
-        services.dm_send_rate_check(device=device)
-        data = SendInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
-        created, body = services.dm_send(device=device, request=services.SendRequest(
+        conf = selectors.server_settings_for_request(request)
+        services.dm_send_rate_check(device=device, conf=conf)
+        v = send_input_validate(request.data)
+        created, body = services.dm_send(device=device, conf=conf, request=services.SendRequest(
             message_id=v["message_id"], conversation_id=v["conversation_id"], epoch=v["epoch"],
             key_id=protocol.b64e(v["key_id"]), participants_sha256=protocol.b64e(v["participants_sha256"]),
             retention=v["retention"], nonce=v["nonce"], ciphertext=v["ciphertext"], signature=v["signature"],
@@ -151,7 +150,8 @@ class DmSyncApi(APIView):
         data = SyncInput(data=request.data)
         data.is_valid(raise_exception=True)
         return Response(selectors.dm_list_pending_for_device(
-            device=request.auth.device, limit=data.validated_data["limit"], after=data.validated_data.get("after")))
+            device=request.auth.device, limit=data.validated_data["limit"], after=data.validated_data.get("after"),
+            conf=selectors.server_settings_for_request(request)))
 
 
 class DmAckApi(APIView):

@@ -2,6 +2,7 @@ from rest_framework import serializers
 
 from decentcom import protocol
 from decentcom.fields import B58KeyField, B64Field, StrictCharField, StrictIntegerField, UuidField
+from devices.selectors import device_public_key
 from dms.models import Policy
 
 MAX_RECIPIENTS = 1000
@@ -80,6 +81,62 @@ class SendInput(serializers.Serializer):
         if len(ids) != len(set(ids)):
             raise serializers.ValidationError("a device appears twice")
         return value
+
+
+def _b64(value, length: int | None = None) -> bytes:
+    return protocol.b64d(value, length=length)
+
+
+def _wrap(value) -> dict | None:
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise protocol.ProtocolError("not an object")
+    return {"nonce": _b64(value["nonce"], protocol.NONCE_LEN),
+            "wrapped_key": _b64(value["wrapped_key"], protocol.WRAPPED_KEY_LEN)}
+
+
+def _send_input_plain(data) -> dict | None:
+    """SendInput's validated data for a body that plainly passes, or None
+    for anything else (SendInput then finds and words the errors). DRF's
+    nested serializers cost more than the rest of a send's checks."""
+    try:
+        if type(data) is not dict or type(data.get("retention")) is not dict:
+            return None
+        retention, recipients, epoch = data["retention"], data["recipients"], data["epoch"]
+        ttl_days = retention.get("ttl_days")
+        if (not protocol.is_uuid(data["message_id"]) or not protocol.is_uuid(data["conversation_id"])
+                or type(epoch) is not int or epoch < 0 or retention["policy"] not in Policy.values
+                or (ttl_days is not None and (type(ttl_days) is not int or ttl_days < 1))
+                or type(recipients) is not list or len(recipients) > MAX_RECIPIENTS):
+            return None
+        checked = []
+        for recipient in recipients:
+            if type(recipient) is not dict:
+                return None
+            device_public_key(recipient["device_id"])
+            checked.append({"device_id": recipient["device_id"], "key_wrap": _wrap(recipient["key_wrap"])})
+        if len({r["device_id"] for r in checked}) != len(checked):
+            return None
+        return {
+            "message_id": data["message_id"], "conversation_id": data["conversation_id"], "epoch": epoch,
+            "key_id": _b64(data["key_id"], 32), "participants_sha256": _b64(data["participants_sha256"], 32),
+            "retention": {"policy": retention["policy"], "ttl_days": ttl_days},
+            "nonce": _b64(data["nonce"], protocol.NONCE_LEN), "ciphertext": _b64(data["ciphertext"]),
+            "signature": _b64(data["signature"], protocol.SIGNATURE_LEN), "recipients": checked,
+        }
+    except (KeyError, TypeError, protocol.ProtocolError):
+        return None
+
+
+def send_input_validate(data) -> dict:
+    """SendInput's validated data; raises its ValidationError."""
+    plain = _send_input_plain(data)
+    if plain is not None:
+        return plain
+    serializer = SendInput(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
 
 
 class SendOutput(serializers.Serializer):

@@ -9,15 +9,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from decentcom import protocol
+from decentcom import protocol, sql
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
 from decentcom.timefmt import rfc3339
 from devices.models import AuthSession, Challenge, Device, User
+from devices.selectors import device_public_key
 from dms.models import (Conversation, ConversationMember, Delivery, KeyReceipt, PendingDm, Policy,
                         ServerSettings, UsedMessageId)
 from dms.selectors import server_settings_get
@@ -27,7 +28,8 @@ from gateway.notify import notify_devices_on_commit
 logger = logging.getLogger("dms.services")
 
 USED_ID_MEMORY = dt.timedelta(days=7)
-PURGE_CHUNK = 2000
+PURGE_CHUNK = 5000
+MAX_IDS_PER_STATEMENT = 10_000  # SQLite takes at most 32,766 parameters
 
 
 # --- retention (§8) ---------------------------------------------------------------
@@ -235,12 +237,19 @@ def conversations_bump_epoch_for_users(*, user_ids: list[int], actor, now=None) 
 def messages_delete(*, message_ids: list) -> int:
     """Delete messages and their deliveries without reading ciphertext; their
     used ids start their 7-day countdown. Call inside a transaction."""
-    if not message_ids:
-        return 0
-    Delivery.objects.filter(message_id__in=message_ids).delete()
-    # A plain DELETE: QuerySet.delete() would first load every row, ciphertext included.
-    deleted = PendingDm.objects.filter(message_id__in=message_ids)._raw_delete(PendingDm.objects.db)
-    UsedMessageId.objects.filter(message_id__in=message_ids).update(message_gone_at=timezone.now())
+    # Plain statements (decentcom.sql): QuerySet.delete() would load every row, ciphertext included,
+    # and the ORM took longer to build an IN list of a purge chunk than the database to run it.
+    deleted = 0
+    gone_at = sql.dt_param(timezone.now())
+    with connection.cursor() as cursor:
+        for start in range(0, len(message_ids), MAX_IDS_PER_STATEMENT):
+            ids = [sql.uuid_param(m) for m in message_ids[start:start + MAX_IDS_PER_STATEMENT]]
+            marks = sql.placeholders(len(ids))
+            cursor.execute(f"DELETE FROM dm_deliveries WHERE message_id IN ({marks})", ids)
+            cursor.execute(f"DELETE FROM pending_dms WHERE message_id IN ({marks})", ids)
+            deleted += cursor.rowcount
+            cursor.execute(f"UPDATE dm_used_message_ids SET message_gone_at = %s WHERE message_id IN ({marks})",
+                           [gone_at, *ids])
     return deleted
 
 
@@ -290,9 +299,9 @@ class SendRequest:
     recipients: list[Recipient]
 
 
-def dm_send_rate_check(*, device: Device) -> None:
+def dm_send_rate_check(*, device: Device, conf: ServerSettings | None = None) -> None:
     """Check 2: every attempt counts, per device and per user."""
-    conf = server_settings_get()
+    conf = conf or server_settings_get()
     for scope, key, limit in (("send-device", device.device_id, conf.send_rate_per_device),
                               ("send-user", str(device.user_id), conf.send_rate_per_user)):
         wait = rate_limit_hit(scope=scope, key=key, limit=limit, window_s=60)
@@ -300,10 +309,10 @@ def dm_send_rate_check(*, device: Device) -> None:
             raise ApiError(429, "rate_limited", "too many messages, slow down", headers={"Retry-After": str(wait)})
 
 
-def dm_send(*, device: Device, request: SendRequest) -> tuple[bool, dict]:
+def dm_send(*, device: Device, request: SendRequest, conf: ServerSettings | None = None) -> tuple[bool, dict]:
     """Checks 3-11 of §7, then store the message once with one delivery per
     recipient. Returns (created, body): created False is a retry's first answer."""
-    conf = server_settings_get()
+    conf = conf or server_settings_get()
     if len(request.recipients) > conf.max_recipients_per_message:
         raise ApiError(400, "too_many_recipients", f"at most {conf.max_recipients_per_message} recipients",
                        max_recipients=conf.max_recipients_per_message)
@@ -315,7 +324,7 @@ def dm_send(*, device: Device, request: SendRequest) -> tuple[bool, dict]:
         ciphertext_sha256=ciphertext_sha256, conversation_id=request.conversation_id, epoch=request.epoch,
         key_id=request.key_id, message_id=request.message_id, nonce=protocol.b64e(request.nonce),
         participants_sha256=request.participants_sha256, sender_device=device.device_id)
-    if not protocol.verify(protocol.b58_key(device.device_id), signed, request.signature):
+    if not protocol.verify(device_public_key(device.device_id), signed, request.signature):
         raise ApiError(400, "bad_signature", "the signature does not verify with your device key")
     try:
         with transaction.atomic():
@@ -339,51 +348,68 @@ def _dm_send_replay(*, device: Device, message_id: str, ciphertext_sha256: str) 
 
 def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSettings,
                     ciphertext_sha256: str) -> tuple[bool, dict]:
-    # 5
-    if UsedMessageId.objects.filter(message_id=request.message_id).exists():
-        return _dm_send_replay(device=device, message_id=request.message_id, ciphertext_sha256=ciphertext_sha256)
-    # 6
-    conversation = (Conversation.objects.select_for_update(of=("self",))
-                    .filter(id=request.conversation_id, members__user_id=device.user_id).first())
-    if conversation is None:
-        raise ApiError(404, "not_found", "no such conversation")
-    members = dict(ConversationMember.objects.filter(conversation=conversation)
-                   .values_list("user_id", "user__username"))
-    # 7
-    if request.epoch != conversation.epoch or request.participants_sha256 != conversation.participants_sha256:
-        raise ApiError(409, "stale_epoch", "the conversation has moved to another epoch",
-                       epoch=conversation.epoch, participants=sorted(members.values()))
-    # 8
-    if request.retention != conversation.retention:
-        raise ApiError(409, "retention_changed", "the conversation's retention has changed",
-                       retention=conversation.retention)
-    # 9
+    # Every send runs this: hand-written SQL (decentcom.sql), a fixed number
+    # of statements whatever the recipients.
     now = timezone.now()
-    active = {device_id: (pk, user_id) for pk, device_id, user_id in
-              Device.objects.active(now).filter(user_id__in=members).values_list("pk", "device_id", "user_id")}
+    message_id = sql.uuid_param(request.message_id)
+    conversation_id = sql.uuid_param(request.conversation_id)
+    with connection.cursor() as cursor:
+        # 5
+        cursor.execute("SELECT 1 FROM dm_used_message_ids WHERE message_id = %s", [message_id])
+        if cursor.fetchone() is not None:
+            return _dm_send_replay(device=device, message_id=request.message_id, ciphertext_sha256=ciphertext_sha256)
+        # 6: the UPDATE locks the conversation row as SELECT ... FOR UPDATE would
+        cursor.execute(
+            "UPDATE dm_conversations SET last_activity_at = %s WHERE id = %s AND EXISTS ("
+            "SELECT 1 FROM dm_conversation_members WHERE conversation_id = %s AND user_id = %s) "
+            "RETURNING epoch, participants_sha256, retention_policy, retention_ttl_days",
+            [sql.dt_param(now), conversation_id, conversation_id, device.user_id])
+        row = cursor.fetchone()
+        if row is None:
+            raise ApiError(404, "not_found", "no such conversation")
+        epoch, participants_sha256, policy, ttl_days = row
+        # the participants, their active devices and what each has pending
+        cursor.execute(
+            "SELECT m.user_id, u.username, d.id, d.device_id, (SELECT COUNT(*) FROM dm_deliveries x "
+            "WHERE x.device_id = d.id AND x.acked_at IS NULL) FROM dm_conversation_members m "
+            "JOIN users u ON u.id = m.user_id LEFT JOIN devices d ON d.user_id = m.user_id "
+            "AND d.revoked_at IS NULL AND (d.expires_at IS NULL OR d.expires_at > %s) "
+            "WHERE m.conversation_id = %s", [sql.dt_param(now), conversation_id])
+        rows = cursor.fetchall()
+    members = {user_id: username for user_id, username, _, _, _ in rows}
+    active = {device_id: (pk, user_id) for user_id, _, pk, device_id, _ in rows if pk is not None}
+    pending = {pk: n for _, _, pk, _, n in rows if pk is not None}
+    # 7
+    if request.epoch != epoch or request.participants_sha256 != participants_sha256:
+        raise ApiError(409, "stale_epoch", "the conversation has moved to another epoch",
+                       epoch=epoch, participants=sorted(members.values()))
+    # 8
+    if request.retention != {"policy": policy, "ttl_days": ttl_days}:
+        raise ApiError(409, "retention_changed", "the conversation's retention has changed",
+                       retention={"policy": policy, "ttl_days": ttl_days})
+    # 9
     active.pop(device.device_id, None)
     given = {r.device_id for r in request.recipients}
     missing, extra = sorted(set(active) - given), sorted(given - set(active))
     if missing or extra:
         raise ApiError(409, "mismatched_devices", "recipients must be every active device of the participants",
                        missing=missing, extra=extra)
-    # 10
+    # 10: only recipients sent no wrap need a receipt
     recipient_pks = {r.device_id: active[r.device_id][0] for r in request.recipients}
-    with_receipt = set(KeyReceipt.objects.filter(
-        conversation=conversation, sender_device=device, key_id=request.key_id,
-        recipient_device_id__in=recipient_pks.values()).values_list("recipient_device_id", flat=True))
-    unwrapped = sorted(r.device_id for r in request.recipients
-                       if r.wrap is None and recipient_pks[r.device_id] not in with_receipt)
+    unwrapped = [r.device_id for r in request.recipients if r.wrap is None]
     if unwrapped:
-        raise ApiError(409, "missing_key_wraps", "these devices need a key wrap", devices=unwrapped)
+        with_receipt = set(KeyReceipt.objects.filter(
+            conversation_id=request.conversation_id, sender_device=device, key_id=request.key_id,
+            recipient_device_id__in=[recipient_pks[d] for d in unwrapped]
+        ).values_list("recipient_device_id", flat=True))
+        unwrapped = sorted(d for d in unwrapped if recipient_pks[d] not in with_receipt)
+        if unwrapped:
+            raise ApiError(409, "missing_key_wraps", "these devices need a key wrap", devices=unwrapped)
     # 11
-    pending = dict(Delivery.objects.filter(device_id__in=recipient_pks.values(), acked_at__isnull=True)
-                   .values("device_id").annotate(n=Count("id")).values_list("device_id", "n"))
-    full = sorted(d for d, pk in recipient_pks.items() if pending.get(pk, 0) >= conf.pending_quota)
+    full = sorted(d for d, pk in recipient_pks.items() if pending[pk] >= conf.pending_quota)
     if full:
         raise ApiError(429, "mailbox_full", "a recipient's mailbox is full", devices=full)
 
-    policy, ttl_days = conversation.retention_policy, conversation.retention_ttl_days
     expires_at = message_expiry(policy=policy, ttl_days=ttl_days, created_at=now, conf=conf)
     with_devices = {user_id for _, user_id in active.values()} | {device.user_id}
     body = {
@@ -391,26 +417,31 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
         "policy": policy, "recipients": len(request.recipients),
         "unreachable": sorted(name for uid, name in members.items() if uid not in with_devices),
     }
-    try:
-        with transaction.atomic():
-            UsedMessageId.objects.create(message_id=request.message_id, sender_device=device,
-                                         ciphertext_sha256=ciphertext_sha256, response=body, created_at=now)
-    except IntegrityError:
-        raise _ConcurrentDuplicate from None
-    PendingDm.objects.create(
-        message_id=request.message_id, conversation=conversation, sender_device=device, epoch=request.epoch,
-        key_id=request.key_id, participants_sha256=request.participants_sha256,
-        nonce=protocol.b64e(request.nonce), ciphertext=request.ciphertext, ciphertext_sha256=ciphertext_sha256,
-        signature=protocol.b64e(request.signature), policy=policy, ttl_days=ttl_days,
-        created_at=now, expires_at=expires_at)
-    Delivery.objects.bulk_create([
-        Delivery(message_id=request.message_id, device_id=recipient_pks[r.device_id], created_at=now,
-                 wrap_nonce=r.wrap["nonce"] if r.wrap else None,
-                 wrapped_key=r.wrap["wrapped_key"] if r.wrap else None)
-        for r in request.recipients])
-    Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=now)
+    created = sql.dt_param(now)
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(
+                "INSERT INTO dm_used_message_ids (message_id, sender_device_id, ciphertext_sha256, response, "
+                "created_at, message_gone_at) VALUES (%s, %s, %s, %s, %s, NULL)",
+                [message_id, device.pk, ciphertext_sha256, sql.json_param(body), created])
+        except IntegrityError:
+            raise _ConcurrentDuplicate from None  # leaves the transaction, which rolls back
+        cursor.execute(
+            "INSERT INTO pending_dms (message_id, conversation_id, sender_device_id, epoch, key_id, "
+            "participants_sha256, nonce, ciphertext, ciphertext_sha256, signature, policy, ttl_days, created_at, "
+            "expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [message_id, conversation_id, device.pk, request.epoch, request.key_id, request.participants_sha256,
+             protocol.b64e(request.nonce), request.ciphertext, ciphertext_sha256,
+             protocol.b64e(request.signature), policy, ttl_days, created, sql.dt_param(expires_at)])
+        if request.recipients:
+            cursor.execute(
+                "INSERT INTO dm_deliveries (message_id, device_id, wrap_nonce, wrapped_key, created_at, acked_at) "
+                "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, NULL)"] * len(request.recipients)),
+                [value for r in request.recipients for value in (
+                    message_id, recipient_pks[r.device_id], r.wrap["nonce"] if r.wrap else None,
+                    r.wrap["wrapped_key"] if r.wrap else None, created)])
     notify_devices_on_commit(events={
-        r.device_id: ("DM_NOTIFY", {"pending_count": pending.get(recipient_pks[r.device_id], 0) + 1,
+        r.device_id: ("DM_NOTIFY", {"pending_count": pending[recipient_pks[r.device_id]] + 1,
                                     "conversation_id": request.conversation_id,
                                     "message_id": request.message_id})
         for r in request.recipients})
@@ -421,38 +452,52 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
 
 def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict:
     """End the caller's deliveries; `message_ids` (not `failed`) make receipts.
-    Idempotent; one transaction; parent rows locked in id order first."""
+    Idempotent; one transaction; parent rows locked in id order first.
+    Hand-written SQL (decentcom.sql): a fixed number of statements whatever the batch."""
     failed_set = set(failed)
     requested = sorted(set(message_ids) | failed_set)
+    if not requested:
+        return {"acked": [], "unknown": []}
     now = timezone.now()
-    with transaction.atomic():
-        mine = Delivery.objects.filter(device=device, message_id__in=requested)
-        locked = list(PendingDm.objects.select_for_update()
-                      .filter(message_id__in=mine.values("message_id")).order_by("message_id")
-                      .values_list("message_id", "policy", "conversation_id", "sender_device_id", "key_id", "epoch"))
-        known = {str(row[0]): row for row in locked}
-        deliveries = {str(mid): has_wrap for mid, has_wrap in
-                      mine.filter(message_id__in=[row[0] for row in locked], acked_at__isnull=True)
-                      .values_list("message_id", "wrapped_key")}
-        if deliveries:
-            Delivery.objects.filter(device=device, message_id__in=list(deliveries), acked_at__isnull=True
-                                    ).update(acked_at=now)
-        KeyReceipt.objects.bulk_create([
-            KeyReceipt(conversation_id=known[mid][2], sender_device_id=known[mid][3], key_id=known[mid][4],
-                       epoch=known[mid][5], recipient_device=device, created_at=now)
-            for mid, wrapped_key in deliveries.items() if wrapped_key is not None and mid not in failed_set
-        ], ignore_conflicts=True)
-        messages_delete_burned(message_ids=[row[0] for row in locked if row[1] == Policy.BURN_ON_READ])
-    return {"acked": sorted(known), "unknown": sorted(set(requested) - set(known))}
+    ids = [sql.uuid_param(mid) for mid in requested]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT message_id, policy, conversation_id, sender_device_id, key_id, epoch FROM pending_dms "
+            "WHERE message_id IN (SELECT message_id FROM dm_deliveries WHERE device_id = %s "
+            f"AND message_id IN ({sql.placeholders(len(ids))})) ORDER BY message_id{sql.for_update()}",
+            [device.pk, *ids])
+        locked = {sql.uuid_str(row[0]): row for row in cursor.fetchall()}
+        acked = []
+        if locked:
+            cursor.execute(
+                "UPDATE dm_deliveries SET acked_at = %s WHERE device_id = %s AND acked_at IS NULL "
+                f"AND message_id IN ({sql.placeholders(len(locked))}) RETURNING message_id, wrapped_key IS NOT NULL",
+                [sql.dt_param(now), device.pk, *(row[0] for row in locked.values())])
+            acked = cursor.fetchall()
+        # One receipt per (conversation, sender device, key): a batch from one sender is usually one row.
+        receipts = {(locked[mid][2], locked[mid][3], locked[mid][4]): locked[mid][5] for mid in
+                    (sql.uuid_str(mid) for mid, has_wrap in acked if has_wrap) if mid not in failed_set}
+        if receipts:
+            cursor.execute(
+                "INSERT INTO dm_key_receipts (conversation_id, sender_device_id, key_id, epoch, recipient_device_id, "
+                "created_at) VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(receipts))
+                + " ON CONFLICT DO NOTHING",
+                [value for (conversation_id, sender_pk, key_id), epoch in receipts.items()
+                 for value in (conversation_id, sender_pk, key_id, epoch, device.pk, sql.dt_param(now))])
+        messages_delete_burned(message_ids=[row[0] for row in locked.values() if row[1] == Policy.BURN_ON_READ])
+    return {"acked": sorted(locked), "unknown": sorted(set(requested) - set(locked))}
 
 
 # --- purge (§8) --------------------------------------------------------------------
 
-def _chunks_locked(queryset, *, field: str, chunk: int):
-    """Yield lists of ids, each locked (skipping rows others hold) inside its own transaction."""
+def _chunks_locked(queryset, *, field: str, chunk: int, order: str | None = None):
+    """Yield lists of ids, each locked (skipping rows others hold) inside its
+    own transaction. `order` should be what an index serves, so that each
+    chunk reads only its own rows; the lock order does not matter, as
+    SKIP LOCKED never waits."""
     while True:
         with transaction.atomic():
-            ids = list(queryset.select_for_update(skip_locked=True, of=("self",)).order_by(field)
+            ids = list(queryset.select_for_update(skip_locked=True, of=("self",)).order_by(order or field)
                        .values_list(field, flat=True)[:chunk])
             if ids:
                 yield ids
@@ -469,9 +514,9 @@ def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PU
     conf = server_settings_get()
     undelivered_cutoff = now - dt.timedelta(days=conf.max_undelivered_days)
     expired_messages = PendingDm.objects.filter(expires_at__lte=now)
-    stale_deliveries = PendingDm.objects.filter(
-        Exists(Delivery.objects.filter(message=OuterRef("pk"), acked_at__isnull=True,
-                                       created_at__lte=undelivered_cutoff)))
+    # Found through the index of pending deliveries by age, not by scanning every message.
+    stale_deliveries = PendingDm.objects.filter(message_id__in=Delivery.objects.filter(
+        acked_at__isnull=True, created_at__lte=undelivered_cutoff).values("message_id"))
     orphan_burns = PendingDm.objects.filter(policy=Policy.BURN_ON_READ).filter(
         ~Exists(Delivery.objects.filter(message=OuterRef("pk"), acked_at__isnull=True)))
     expired_devices = Device.objects.filter(revoked_at__isnull=True, expires_at__lte=now)
@@ -501,7 +546,7 @@ def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PU
     for device in expired_devices:
         device_revoke(device=device, reason="expired")
         counts["expired_devices"] += 1
-    for ids in _chunks_locked(expired_messages, field="message_id", chunk=chunk):
+    for ids in _chunks_locked(expired_messages, field="message_id", order="expires_at", chunk=chunk):
         counts["expired_messages"] += messages_delete(message_ids=ids)
     for ids in _chunks_locked(stale_deliveries, field="message_id", chunk=chunk):
         counts["undelivered_deliveries"] += Delivery.objects.filter(

@@ -500,7 +500,8 @@ def main() -> int:
         layer = "redis" if os.environ.get("REDIS_URL") else "in-memory"
         print(f"decentcom mailbox bench: {where}\n  channel layer {layer}, DEBUG={database.env['DEBUG']}; "
               f"M={args.messages} sends x K={args.recipients} recipient devices, ciphertext "
-              f"{ciphertext_len(args.size)} B, {args.concurrency} in flight", flush=True)
+              f"{ciphertext_len(args.size)} B, {args.concurrency} in flight\n  query counts and the purge: "
+              "in-process, on the bench's own database", flush=True)
         result = {"engine": database.engine if not args.url else "server at " + url, "channel_layer": layer,
                   "messages": args.messages, "recipients": args.recipients,
                   "ciphertext_bytes": ciphertext_len(args.size), "concurrency": args.concurrency}

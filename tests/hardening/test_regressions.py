@@ -1,11 +1,14 @@
 """One test per bug the hardening tests (schema fuzzing, the mailbox state
 machine) found; each fails without its fix."""
+import datetime as dt
+
 import jsonschema
 import pytest
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
 from dms.models import PendingDm
-from tests.factories import build_send, create_conversation, make_person, send
+from tests.factories import build_send, create_conversation, make_person, send, sync
 
 pytestmark = pytest.mark.django_db
 
@@ -60,3 +63,19 @@ def test_burn_on_read_message_without_recipients_is_not_kept():
     assert response.status_code == 201 and response.json()["recipients"] == 0
     assert response.json()["unreachable"] == [bob.id]
     assert not PendingDm.objects.filter(message_id=body["message_id"]).exists()
+
+
+@pytest.mark.xfail(strict=True, reason="found by the mailbox state machine; the fix (count only unexpired "
+                   "deliveries in device_list_for_owner, as pending_count_for_device does) belongs in "
+                   "devices/selectors.py, which another engineer is editing")
+def test_pending_count_leaves_out_expired_deliveries():
+    # §4: pending_count is the deliveries waiting for the device; an expired
+    # message is never served (§8), yet it was counted until the purge ran.
+    alice, bob = make_person(1), make_person(1)
+    conversation = create_conversation(alice.device, [bob.id], retention={"policy": "ttl", "ttl_days": 1})
+    body = build_send(alice.device, conversation)
+    assert send(alice.device, body).status_code == 201
+    PendingDm.objects.filter(message_id=body["message_id"]).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
+    assert sync(bob.device)["messages"] == []
+    devices = bob.device.client.get("/api/v1/devices").json()["devices"]
+    assert [d["pending_count"] for d in devices] == [0]

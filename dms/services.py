@@ -440,6 +440,8 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
                 [value for r in request.recipients for value in (
                     message_id, recipient_pks[r.device_id], r.wrap["nonce"] if r.wrap else None,
                     r.wrap["wrapped_key"] if r.wrap else None, created)])
+    if policy == Policy.BURN_ON_READ and not request.recipients:
+        messages_delete(message_ids=[request.message_id])  # §8: no delivery of it will ever be pending
     notify_devices_on_commit(events={
         r.device_id: ("DM_NOTIFY", {"pending_count": pending[recipient_pks[r.device_id]] + 1,
                                     "conversation_id": request.conversation_id,

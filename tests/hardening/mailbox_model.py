@@ -11,12 +11,9 @@ from decentcom import protocol
 from tests.factories import Device, Person
 
 USED_ID_MEMORY = dt.timedelta(days=7)
-# Known deviation from §8, until its fix in dms/services.py lands (see the
-# xfail test_regressions.py::test_burn_on_read_message_without_recipients_is_not_kept):
-# a burn_on_read message sent to no device is kept until the next purge.
-BURN_WITHOUT_RECIPIENTS_WAITS_FOR_PURGE = True
-# Likewise (test_regressions.py::test_pending_count_leaves_out_expired_deliveries,
-# fix due in devices/selectors.py): GET /devices counts expired, unpurged deliveries.
+# Known deviation from §4, until its fix in devices/selectors.py lands (see the xfail
+# test_regressions.py::test_pending_count_leaves_out_expired_deliveries): GET /devices
+# counts expired deliveries that the purge has not dropped yet.
 PENDING_COUNT_INCLUDES_EXPIRED = True
 
 
@@ -242,8 +239,7 @@ class Mailbox:
             deliveries={r["device_id"]: MDelivery(wrapped=r["key_wrap"] is not None) for r in body["recipients"]})
         self.used_ids[body["message_id"]] = MUsedId(
             sender=sender, ciphertext_sha256=protocol.H(protocol.b64d(body["ciphertext"])), response=response)
-        if not BURN_WITHOUT_RECIPIENTS_WAITS_FOR_PURGE:
-            self.burn_if_read([body["message_id"]], created_at)
+        self.burn_if_read([body["message_id"]], created_at)  # sent to no device: nothing is pending
 
     def expiry(self, retention: dict, created_at: dt.datetime) -> dt.datetime | None:
         if retention["policy"] == "ttl":

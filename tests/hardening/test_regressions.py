@@ -48,9 +48,6 @@ def test_history_limit_must_be_an_integer_even_when_empty():
     assert "limit" in response.json()["fields"]
 
 
-@pytest.mark.xfail(strict=True, reason="found by the mailbox state machine; the fix (delete a burn_on_read "
-                   "message stored with no recipient in dm_send) belongs in dms/services.py, which another "
-                   "engineer is editing")
 def test_burn_on_read_message_without_recipients_is_not_kept():
     # §8: a burn_on_read row goes as soon as no delivery of it is pending. With
     # every other device revoked none ever is, yet the row waited for the purge.
@@ -63,6 +60,8 @@ def test_burn_on_read_message_without_recipients_is_not_kept():
     assert response.status_code == 201 and response.json()["recipients"] == 0
     assert response.json()["unreachable"] == [bob.id]
     assert not PendingDm.objects.filter(message_id=body["message_id"]).exists()
+    retry = send(alice.device, body)
+    assert retry.status_code == 200 and retry.json() == response.json()
 
 
 @pytest.mark.xfail(strict=True, reason="found by the mailbox state machine; the fix (count only unexpired "

@@ -11,10 +11,6 @@ from decentcom import protocol
 from tests.factories import Device, Person
 
 USED_ID_MEMORY = dt.timedelta(days=7)
-# Known deviation from §4, until its fix in devices/selectors.py lands (see the xfail
-# test_regressions.py::test_pending_count_leaves_out_expired_deliveries): GET /devices
-# counts expired deliveries that the purge has not dropped yet.
-PENDING_COUNT_INCLUDES_EXPIRED = True
 
 
 @dataclass

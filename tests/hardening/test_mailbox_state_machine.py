@@ -16,9 +16,7 @@ applied to `Mailbox`, a model written from the protocol. After every step:
 - conversations, epochs, key receipts and remembered message ids match.
 
 Every send is answered as `Mailbox.predict_send` says, check by check in the
-order of §7, and every ack as `Mailbox.ack` says. Where the server is known to
-deviate and the fix is pending, the model says so by name (mailbox_model.py)
-and a strict xfail in test_regressions.py holds the bug.
+order of §7, and every ack as `Mailbox.ack` says.
 
 Time: the server reads the clock through `django.utils.timezone.now`, which
 the test replaces with a simulated clock that stands still between steps and
@@ -47,7 +45,7 @@ from dms.models import Conversation, Delivery, KeyReceipt, PendingDm, UsedMessag
 from dms.selectors import dm_list_pending_for_device, server_settings_get
 from dms.services import dm_purge_expired
 from tests.factories import build_send, login, make_person, verify
-from tests.hardening.mailbox_model import PENDING_COUNT_INCLUDES_EXPIRED, Mailbox, MConversation, MDevice, Outcome
+from tests.hardening.mailbox_model import Mailbox, MConversation, MDevice, Outcome
 
 pytestmark = pytest.mark.django_db
 
@@ -354,8 +352,7 @@ class MailboxMachine(RuleBasedStateMachine):
                 break
         assert ids == self.model.offered(device.id, self.now)
         own = device.device.client.get("/api/v1/devices").json()["devices"]
-        waiting = self.model.pending_count(device.id) if PENDING_COUNT_INCLUDES_EXPIRED else len(ids)
-        assert {d["device_id"]: d["pending_count"] for d in own}[device.id] == waiting, "§4: waiting for it"
+        assert {d["device_id"]: d["pending_count"] for d in own}[device.id] == len(ids), "§4: waiting for it"
 
     @rule(data=st.data(), foreign=st.booleans(), unknown=st.booleans(), as_failed=st.booleans(),
           for_another=st.sampled_from([False, False, False, True]))

@@ -32,6 +32,16 @@ def b58_path(name: str, what: str) -> OpenApiParameter:
                             description=f"{what}: base58 Ed25519 public key")
 
 
+def is_key_id(value: str) -> bool:
+    """Whether a path's user or device id is a b58 key (§1): nothing else can
+    name one, and a NUL must never reach PostgreSQL, which refuses it in text."""
+    try:
+        protocol.b58_key(value)
+    except protocol.ProtocolError:
+        return False
+    return True
+
+
 def server_origin(request) -> str:
     """The origin clients must sign (§3): PUBLIC_URL, else this request's own."""
     return protocol.origin(settings.PUBLIC_URL or request.build_absolute_uri("/"))
@@ -138,7 +148,7 @@ class UserDeviceListApi(APIView):
                        "user_id": serializers.CharField(), "devices": DeviceOutput(many=True)}),
                        **error_responses(*AUTHENTICATED, 404)})
     def get(self, request, user_id: str):
-        user = selectors.user_get_by_user_id(user_id=user_id)
+        user = selectors.user_get_by_user_id(user_id=user_id) if is_key_id(user_id) else None
         if user is None:
             raise ApiError(404, "not_found", "unknown user")
         return Response({"user_id": user.username,
@@ -180,7 +190,7 @@ class DeviceRevokeApi(APIView):
     @extend_schema(parameters=[b58_path("device_id", "the device's key")],
                    responses={204: None, **error_responses(*AUTHENTICATED, 403, 404)})
     def delete(self, request, device_id: str):
-        device = selectors.device_get_for_user(user=request.user, device_id=device_id)
+        device = selectors.device_get_for_user(user=request.user, device_id=device_id) if is_key_id(device_id) else None
         if device is None:
             raise ApiError(404, "not_found", "no such device of yours")
         if not services.device_can_revoke(session=request.auth, device=device):

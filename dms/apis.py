@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 from decentcom import protocol
 from decentcom.errors import DEVICE_SESSION, JSON_BODY, ApiError, error_responses
 from decentcom.fields import B58KeyField
-from devices.apis import b58_path
+from devices.apis import b58_path, is_key_id
 from dms import selectors, services
 from dms.selectors import conversation_participants_map
 from dms.serializers import (AckInput, AckOutput, ConversationOutput, MessagePageOutput, RetentionSerializer,
@@ -103,6 +103,8 @@ class ConversationParticipantRemoveApi(APIView):
                    responses={204: None, **error_responses(*DEVICE_SESSION, 404, 409)})
     def delete(self, request, conversation_id: str, user_id: str):
         conversation = _conversation_or_404(request, conversation_id)
+        if not is_key_id(user_id):
+            raise ApiError(404, "not_found", "not a participant")
         services.conversation_remove_participant(conversation=conversation, actor=request.user, user_id=user_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

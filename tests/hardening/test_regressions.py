@@ -75,3 +75,16 @@ def test_pending_count_leaves_out_expired_deliveries():
     assert sync(bob.device)["messages"] == []
     devices = bob.device.client.get("/api/v1/devices").json()["devices"]
     assert [d["pending_count"] for d in devices] == [0]
+
+
+@pytest.mark.parametrize("bad_id", ["a%00b", "%00", "0OIl"])
+def test_path_ids_that_are_no_key_are_404(bad_id):
+    # A NUL in a user or device id reached PostgreSQL, which refuses it in
+    # text: a 500. (SQLite takes it, so there this only checks the 404.)
+    alice, bob, carol = make_person(1), make_person(1), make_person(1)
+    group = create_conversation(alice.device, [bob.id, carol.id])
+    client = alice.device.client
+    for response in (client.get(f"/api/v1/users/{bad_id}/devices"),
+                     client.delete(f"/api/v1/devices/{bad_id}"),
+                     client.delete(f"/api/v1/dms/conversations/{group['conversation_id']}/participants/{bad_id}")):
+        assert response.status_code == 404 and response.json()["error"] == "not_found"

@@ -40,7 +40,11 @@ async def connect_refused(**kw) -> int:
     comm = communicator(**kw)
     connected, _ = await comm.connect()
     assert connected
-    return await closed_with(comm)
+    code = await closed_with(comm)
+    # Let the consumer finish: left for the event loop's shutdown to cancel, a
+    # Redis channel-layer receive can hang that shutdown.
+    await comm.disconnect()
+    return code
 
 
 async def next_op(comm: WebsocketCommunicator, op: str, timeout: float = 5) -> dict:

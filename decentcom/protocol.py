@@ -1,4 +1,4 @@
-"""Wire protocol v1 (PROTOCOL.md): encodings, canonical JSON, certificates,
+"""Wire protocol v1.1 (PROTOCOL.md): encodings, canonical JSON, certificates,
 signatures and the client-side constructions of §6.
 
 Pure code with no Django import: the server and the reference client
@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -41,6 +42,14 @@ NONCE_LEN = 12
 SIGNATURE_LEN = 64
 WRAPPED_KEY_LEN = 48
 PAD_BLOCK = 256
+
+# Signed times (unix seconds) a certificate may carry: what both Python's
+# datetime and a JavaScript Date can hold, so no client or server overflows.
+MAX_UNIX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
+# Characters a name may not hold: controls (C0 and C1), format characters
+# (zero-width, bidirectional overrides and isolates), line and paragraph
+# separators and lone surrogates. A UI would render them misleadingly.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 _P = 2**255 - 19
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -218,6 +227,9 @@ def cert_signed_bytes(cert: dict) -> bytes:
 
 def cert_issue(*, master_seed: bytes, device: str, name: str, issued_at: int,
                expires_at: int | None, permissions: list[str]) -> dict:
+    problem = name_problem(name)
+    if problem:
+        raise ProtocolError(problem, code="invalid_name")
     body = {
         "v": 1, "master": b58e(public_key(master_seed)), "device": device, "name": name,
         "issued_at": issued_at, "expires_at": expires_at, "permissions": sorted(set(permissions)),
@@ -227,6 +239,24 @@ def cert_issue(*, master_seed: bytes, device: str, name: str, issued_at: int,
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_time(value: object) -> bool:
+    return _is_int(value) and 0 <= value <= MAX_UNIX_SECONDS
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` is not acceptable as a device name, or None. One rule for
+    the server (registration) and every client (certificates it makes or
+    verifies): 1-64 code points, none of them hidden or a control, and not
+    blank."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 64:
+        return "name must be 1-64 characters"
+    if any(unicodedata.category(ch) in _HIDDEN_CATEGORIES for ch in name):
+        return "name must not hold control, invisible or bidirectional-override characters"
+    if not name.strip():
+        return "name must not be blank"
+    return None
 
 
 def cert_parse(wire: object) -> Certificate:
@@ -248,13 +278,13 @@ def cert_parse(wire: object) -> Certificate:
             raise ProtocolError("v must be an integer")
         b58_key(body["master"], what="master")
         b58_key(body["device"], what="device")
-        name = body["name"]
-        if not isinstance(name, str) or not 1 <= len(name) <= 64:
-            raise ProtocolError("name must be 1-64 characters")
-        if not _is_int(body["issued_at"]):
-            raise ProtocolError("issued_at must be an integer")
-        if body["expires_at"] is not None and not _is_int(body["expires_at"]):
-            raise ProtocolError("expires_at must be an integer or null")
+        problem = name_problem(body["name"])
+        if problem:
+            raise ProtocolError(problem)
+        if not _is_time(body["issued_at"]):
+            raise ProtocolError(f"issued_at must be an integer 0..{MAX_UNIX_SECONDS}")
+        if body["expires_at"] is not None and not _is_time(body["expires_at"]):
+            raise ProtocolError(f"expires_at must be an integer 0..{MAX_UNIX_SECONDS} or null")
         perms = body["permissions"]
         if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
             raise ProtocolError("permissions must be a list of strings")

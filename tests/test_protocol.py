@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from decentcom import protocol as p
+from decentcom import protocol
 
 V = json.loads((Path(__file__).parent / "vectors.json").read_text())
 SEED = {name: bytes.fromhex(k["ed25519_seed_hex"]) for name, k in V["keys"].items()}
@@ -162,3 +163,44 @@ def test_client_cert_rules_tolerate_a_day_and_check_the_user():
         p.cert_check_client(c["wire"], user_id=V["keys"]["bob_master"]["id_b58"], now=c["cert"]["issued_at"])
     with pytest.raises(p.ProtocolError):
         p.cert_check_server(p.cert_parse(c["wire"]), now=c["cert"]["expires_at"])
+
+
+@pytest.mark.parametrize("name", [
+    "a\x85b",             # C1 control (NEL)
+    "a\x1bb",             # ESC
+    "Alice\u202e enohp",  # right-to-left override
+    "x\u2066y\u2069",     # bidirectional isolates
+    "zero\u200bwidth",    # zero-width space
+    "line\u2028break",    # line separator
+    "   ",                # blank
+    "",
+    "x" * 65,
+])
+def test_device_names_that_would_mislead_are_refused(name):
+    assert protocol.name_problem(name)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.cert_issue(master_seed=b"\x01" * 32, device=protocol.b58e(protocol.public_key(b"\x02" * 32)),
+                            name=name, issued_at=1, expires_at=None, permissions=[])
+
+
+def test_device_names_in_any_script_are_accepted():
+    for name in ["Alice's phone", "Ноутбук Боба", "手机", "café ☕", "x" * 64]:
+        assert protocol.name_problem(name) is None
+
+
+def _forged_cert(**changes):
+    master, device = b"\x01" * 32, protocol.b58e(protocol.public_key(b"\x02" * 32))
+    body = {"v": 1, "master": protocol.b58e(protocol.public_key(master)), "device": device, "name": "ok",
+            "issued_at": 1, "expires_at": None, "permissions": [], **changes}
+    return {**body, "signature": protocol.b64e(protocol.sign(master, protocol.cert_signed_bytes(body)))}
+
+
+@pytest.mark.parametrize("changes", [
+    {"issued_at": 10**20}, {"issued_at": -1}, {"expires_at": 10**20}, {"expires_at": 253402300800},
+    {"name": "evil\u202e"},
+])
+def test_signed_certificates_with_out_of_range_times_or_hidden_names_are_refused(changes):
+    with pytest.raises(protocol.ProtocolError) as exc:
+        protocol.cert_parse(_forged_cert(**changes))
+    assert exc.value.code == "invalid_certificate"
+    protocol.cert_parse(_forged_cert(issued_at=253402300799))  # the largest time is fine

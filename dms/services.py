@@ -394,12 +394,13 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
     if missing or extra:
         raise ApiError(409, "mismatched_devices", "recipients must be every active device of the participants",
                        missing=missing, extra=extra)
-    # 10: only recipients sent no wrap need a receipt
+    # 10: only recipients sent no wrap need a receipt, and only one of this epoch
+    # counts (a key seen in a past epoch says nothing about who may hold it now)
     recipient_pks = {r.device_id: active[r.device_id][0] for r in request.recipients}
     unwrapped = [r.device_id for r in request.recipients if r.wrap is None]
     if unwrapped:
         with_receipt = set(KeyReceipt.objects.filter(
-            conversation_id=request.conversation_id, sender_device=device, key_id=request.key_id,
+            conversation_id=request.conversation_id, sender_device=device, key_id=request.key_id, epoch=epoch,
             recipient_device_id__in=[recipient_pks[d] for d in unwrapped]
         ).values_list("recipient_device_id", flat=True))
         unwrapped = sorted(d for d in unwrapped if recipient_pks[d] not in with_receipt)
@@ -477,13 +478,18 @@ def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict
                 [sql.dt_param(now), device.pk, *(row[0] for row in locked.values())])
             acked = cursor.fetchall()
         # One receipt per (conversation, sender device, key): a batch from one sender is usually one row.
-        receipts = {(locked[mid][2], locked[mid][3], locked[mid][4]): locked[mid][5] for mid in
-                    (sql.uuid_str(mid) for mid, has_wrap in acked if has_wrap) if mid not in failed_set}
+        receipts: dict = {}
+        for mid in (sql.uuid_str(mid) for mid, has_wrap in acked if has_wrap):
+            if mid not in failed_set:
+                key = (locked[mid][2], locked[mid][3], locked[mid][4])
+                receipts[key] = max(receipts.get(key, 0), locked[mid][5])
         if receipts:
+            # A key reused in a later epoch moves its receipt there: only current-epoch receipts count (check 10).
             cursor.execute(
                 "INSERT INTO dm_key_receipts (conversation_id, sender_device_id, key_id, epoch, recipient_device_id, "
                 "created_at) VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(receipts))
-                + " ON CONFLICT DO NOTHING",
+                + " ON CONFLICT (conversation_id, sender_device_id, key_id, recipient_device_id) DO UPDATE SET "
+                "epoch = excluded.epoch, created_at = excluded.created_at WHERE dm_key_receipts.epoch < excluded.epoch",
                 [value for (conversation_id, sender_pk, key_id), epoch in receipts.items()
                  for value in (conversation_id, sender_pk, key_id, epoch, device.pk, sql.dt_param(now))])
         messages_delete_burned(message_ids=[row[0] for row in locked.values() if row[1] == Policy.BURN_ON_READ])

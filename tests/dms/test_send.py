@@ -311,3 +311,27 @@ def test_request_body_over_hard_cap_is_413(pair, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
     response = send(alice.device, build_send(alice.device, conv, ciphertext=os.urandom(5000)))
     assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+
+
+def test_10_receipts_of_a_past_epoch_do_not_count(pair):
+    """Issue 10 point 15: a receipt made under epoch n says nothing for epoch n+1."""
+    alice, bob, conv = pair
+    key = os.urandom(32)
+    first = build_send(alice.device, conv, group_key=key)
+    assert send(alice.device, first).status_code == 201
+    for device in [alice.devices[1], *bob.devices]:
+        ack(device, [first["message_id"]])
+    assert send(alice.device, build_send(alice.device, conv, group_key=key, wrap_for=[])).status_code == 201
+    third = bob.add_device("third")  # epoch n+1; the old receipts are not purged yet
+    conv = alice.device.client.get(f"/api/v1/dms/conversations/{conv['conversation_id']}").json()
+    assert KeyReceipt.objects.filter(epoch=conv["epoch"] - 1).count() == 3
+    response = send(alice.device, build_send(alice.device, conv, group_key=key, wrap_for=[third.id]))
+    assert response.status_code == 409 and response.json()["error"] == "missing_key_wraps"
+    assert response.json()["devices"] == sorted([alice.devices[1].id, *(d.id for d in bob.devices[:2])])
+    # wrapped again and ACKed under n+1, the same key_id needs no wraps any more
+    again = build_send(alice.device, conv, group_key=key)
+    assert send(alice.device, again).status_code == 201
+    for device in [alice.devices[1], *bob.devices]:
+        ack(device, [again["message_id"]])
+    assert set(KeyReceipt.objects.values_list("epoch", flat=True)) == {conv["epoch"]}
+    assert send(alice.device, build_send(alice.device, conv, group_key=key, wrap_for=[])).status_code == 201

@@ -139,13 +139,19 @@ def send_input_validate(data) -> dict:
     return serializer.validated_data
 
 
+class SkippedDeviceOutput(serializers.Serializer):
+    device_id = serializers.CharField()
+    reason = serializers.ChoiceField(choices=["mailbox_full"])
+
+
 class SendOutput(serializers.Serializer):
     message_id = serializers.UUIDField()
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
     policy = serializers.ChoiceField(choices=Policy.values)
-    recipients = serializers.IntegerField()
+    recipients = serializers.IntegerField(help_text="deliveries stored")
     unreachable = serializers.ListField(child=serializers.CharField())
+    skipped = SkippedDeviceOutput(many=True, help_text="recipient devices at their pending quota: not delivered")
 
 
 class SyncInput(serializers.Serializer):

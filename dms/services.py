@@ -311,7 +311,7 @@ def dm_send_rate_check(*, device: Device, conf: ServerSettings | None = None) ->
 
 def dm_send(*, device: Device, request: SendRequest, conf: ServerSettings | None = None) -> tuple[bool, dict]:
     """Checks 3-11 of §7, then store the message once with one delivery per
-    recipient. Returns (created, body): created False is a retry's first answer."""
+    recipient not at its quota. Returns (created, body): created False is a retry's first answer."""
     conf = conf or server_settings_get()
     if len(request.recipients) > conf.max_recipients_per_message:
         raise ApiError(400, "too_many_recipients", f"at most {conf.max_recipients_per_message} recipients",
@@ -406,17 +406,20 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
         unwrapped = sorted(d for d in unwrapped if recipient_pks[d] not in with_receipt)
         if unwrapped:
             raise ApiError(409, "missing_key_wraps", "these devices need a key wrap", devices=unwrapped)
-    # 11
+    # 11: a device at its quota gets no delivery (one that never drains cannot block the conversation);
+    # only when every recipient is full is nothing stored
     full = sorted(d for d, pk in recipient_pks.items() if pending[pk] >= conf.pending_quota)
-    if full:
-        raise ApiError(429, "mailbox_full", "a recipient's mailbox is full", devices=full)
+    if full and len(full) == len(request.recipients):
+        raise ApiError(429, "mailbox_full", "every recipient's mailbox is full", devices=full)
+    stored = [r for r in request.recipients if pending[recipient_pks[r.device_id]] < conf.pending_quota]
 
     expires_at = message_expiry(policy=policy, ttl_days=ttl_days, created_at=now, conf=conf)
     with_devices = {user_id for _, user_id in active.values()} | {device.user_id}
     body = {
         "message_id": request.message_id, "created_at": rfc3339(now), "expires_at": rfc3339(expires_at),
-        "policy": policy, "recipients": len(request.recipients),
+        "policy": policy, "recipients": len(stored),
         "unreachable": sorted(name for uid, name in members.items() if uid not in with_devices),
+        "skipped": [{"device_id": d, "reason": "mailbox_full"} for d in full],
     }
     created = sql.dt_param(now)
     with connection.cursor() as cursor:
@@ -434,20 +437,20 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
             [message_id, conversation_id, device.pk, request.epoch, request.key_id, request.participants_sha256,
              protocol.b64e(request.nonce), request.ciphertext, ciphertext_sha256,
              protocol.b64e(request.signature), policy, ttl_days, created, sql.dt_param(expires_at)])
-        if request.recipients:
+        if stored:
             cursor.execute(
                 "INSERT INTO dm_deliveries (message_id, device_id, wrap_nonce, wrapped_key, created_at, acked_at) "
-                "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, NULL)"] * len(request.recipients)),
-                [value for r in request.recipients for value in (
+                "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, NULL)"] * len(stored)),
+                [value for r in stored for value in (
                     message_id, recipient_pks[r.device_id], r.wrap["nonce"] if r.wrap else None,
                     r.wrap["wrapped_key"] if r.wrap else None, created)])
-    if policy == Policy.BURN_ON_READ and not request.recipients:
+    if policy == Policy.BURN_ON_READ and not stored:
         messages_delete(message_ids=[request.message_id])  # §8: no delivery of it will ever be pending
     notify_devices_on_commit(events={
         r.device_id: ("DM_NOTIFY", {"pending_count": pending[recipient_pks[r.device_id]] + 1,
                                     "conversation_id": request.conversation_id,
                                     "message_id": request.message_id})
-        for r in request.recipients})
+        for r in stored})
     return True, body
 
 

@@ -41,13 +41,21 @@ class ConversationsApi(APIView):
         participants = serializers.ListField(child=B58KeyField(), min_length=1, max_length=1000)
         retention = RetentionSerializer(required=False)
 
-    @extend_schema(operation_id="dms_conversations_list", responses={
-        200: inline_serializer("ConversationList", {"conversations": ConversationOutput(many=True)}),
-        **error_responses(*DEVICE_SESSION)})
+    class QuerySerializer(serializers.Serializer):
+        after = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
+
+    @extend_schema(operation_id="dms_conversations_list", parameters=[QuerySerializer], responses={
+        200: inline_serializer("ConversationList", {
+            "conversations": ConversationOutput(many=True), "has_more": serializers.BooleanField(),
+            "cursor": serializers.CharField()}),
+        **error_responses(*DEVICE_SESSION, 400)})
     def get(self, request):
-        conversations = selectors.conversation_list_for_user(user=request.user)
-        participants = conversation_participants_map(conversation_ids=[c.id for c in conversations])
-        return Response({"conversations": [conversation_wire(c, participants[c.id]) for c in conversations]})
+        # A plain dict: DRF reads a blank form value as "not given", so `?limit=` would pass.
+        query = self.QuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        return Response(selectors.conversation_list_for_user(
+            user=request.user, limit=query.validated_data["limit"], after=query.validated_data.get("after")))
 
     @extend_schema(request=InputSerializer, responses={
         201: ConversationOutput, 200: ConversationOutput,

@@ -1,7 +1,8 @@
 """Writes of the mailbox. Each service owns its transaction; gateway events
 are scheduled with `transaction.on_commit` only.
 
-Lock order, everywhere: conversation rows (by id), then pending_dms rows (by
+Lock order, everywhere: user rows (by id; registration and joining a
+conversation), then conversation rows (by id), then pending_dms rows (by
 message_id), then deliveries. Send locks its conversation, so no send commits
 against an epoch a membership or device change has ended."""
 import datetime as dt
@@ -10,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from decentcom import protocol, sql
@@ -95,6 +96,25 @@ def _users_for(user_ids: list[str]) -> list[User]:
     return users
 
 
+def _lock_users(users: list[User]) -> None:
+    """Lock user rows in id order, before any conversation row (as device registration
+    does): it serialises the joins of one user, so the conversation limit holds under races."""
+    list(User.objects.select_for_update().filter(pk__in=[u.pk for u in users]).order_by("pk")
+         .values_list("pk", flat=True))
+
+
+def _check_conversation_limit(*, users: list[User], conf: ServerSettings) -> None:
+    """§5: a user is in at most `max_conversations_per_user` conversations, whoever
+    added them; `users` are about to join one more. Call with their rows locked."""
+    limit = conf.max_conversations_per_user
+    at_limit = sorted(
+        ConversationMember.objects.filter(user__in=users).values("user__username").annotate(n=Count("id"))
+        .filter(n__gte=limit).values_list("user__username", flat=True))
+    if at_limit:
+        raise ApiError(409, "conversation_limit_reached", f"at most {limit} conversations per user",
+                       users=at_limit)
+
+
 def conversation_create(*, user: User, participant_ids: list[str], retention: dict | None
                         ) -> tuple[Conversation, bool]:
     """A direct conversation (two users, unique per pair) or a new group."""
@@ -120,12 +140,14 @@ def conversation_create(*, user: User, participant_ids: list[str], retention: di
                               limit=conf.group_creation_rate_per_user, window_s=3600)
         if wait:
             raise ApiError(429, "rate_limited", "too many new groups", headers={"Retry-After": str(wait)})
-    if ConversationMember.objects.filter(user=user).count() >= conf.max_conversations_per_user:
-        raise ApiError(409, "conversation_limit_reached",
-                       f"at most {conf.max_conversations_per_user} conversations per user")
     now = timezone.now()
     try:
         with transaction.atomic():
+            _lock_users(users)
+            if direct_key and (existing := Conversation.objects.select_related("created_by")
+                               .filter(direct_key=direct_key).first()) is not None:
+                return existing, False  # made while we waited for the locks
+            _check_conversation_limit(users=users, conf=conf)
             conversation = Conversation.objects.create(
                 kind=kind, direct_key=direct_key, created_by=user, epoch=1,
                 participants_sha256=protocol.participants_sha256(participant_ids),
@@ -169,6 +191,7 @@ def conversation_add_participants(*, conversation: Conversation, actor: User, us
     users = _users_for(sorted(set(user_ids)))
     now = timezone.now()
     with transaction.atomic():
+        _lock_users(users)
         conversation = _lock_conversation(conversation.id)
         current = set(_participant_ids(conversation))
         new = [u for u in users if u.username not in current]
@@ -178,6 +201,7 @@ def conversation_add_participants(*, conversation: Conversation, actor: User, us
         if len(participants) > conf.max_participants:
             raise ApiError(400, "too_many_participants", f"at most {conf.max_participants} participants",
                            max_participants=conf.max_participants)
+        _check_conversation_limit(users=new, conf=conf)
         ConversationMember.objects.bulk_create(
             [ConversationMember(conversation=conversation, user=u, joined_at=now) for u in new])
         _conversation_touch_epoch(conversation, now=now, participants=participants)

@@ -1,17 +1,18 @@
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from decentcom import protocol
 from decentcom.errors import DEVICE_SESSION, JSON_BODY, ApiError, error_responses
 from decentcom.fields import B58KeyField
-from devices.apis import b58_path, is_key_id
+from devices.apis import b58_path, is_key_id, server_origin
 from dms import selectors, services
 from dms.selectors import conversation_participants_map
 from dms.serializers import (AckInput, AckOutput, ConversationOutput, MessagePageOutput, RetentionSerializer,
-                             SendInput, SendOutput, SyncInput, send_input_validate)
+                             SendInput, SendOutput, ServerDescriptionOutput, SyncInput, send_input_validate)
 from dms.wire import conversation_wire
 
 
@@ -31,6 +32,18 @@ def _conversation_or_404(request, conversation_id: str):
 def _wire(conversation) -> dict:
     participants = conversation_participants_map(conversation_ids=[conversation.id])[conversation.id]
     return conversation_wire(conversation, participants)
+
+
+class ServerDescriptionApi(APIView):
+    """§4: the server's description for clients; no authentication."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="server_description", responses={200: ServerDescriptionOutput})
+    def get(self, request):
+        return Response(selectors.server_description(
+            origin=server_origin(request), conf=selectors.server_settings_for_request(request)))
 
 
 class ConversationsApi(APIView):

@@ -1,6 +1,7 @@
 import datetime as dt
 import functools
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
@@ -28,6 +29,39 @@ def server_settings_get() -> ServerSettings:
     if row is None:
         return ServerSettings.objects.get_or_create(pk=1)[0]
     return rows.build(row)
+
+
+PROTOCOL_VERSION = "1.1"  # "1.2" once forward secrecy (§6b) is served
+
+
+def server_description(*, origin: str, conf: ServerSettings) -> dict:
+    """§4 `GET /api/v1/server`: what clients need not guess, from the admin's
+    settings as they are now. A hint for user interfaces, never a security input."""
+    scheme, host = origin.split("://", 1)
+    ttl_days = conf.default_ttl_days if conf.default_policy == Policy.TTL else None
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "origin": origin,
+        "retention": {
+            "default": {"policy": conf.default_policy, "ttl_days": ttl_days},
+            "max_ttl_days": conf.max_ttl_days,
+            "permanent_allowed": conf.allow_permanent,
+            "max_undelivered_days": conf.max_undelivered_days,
+        },
+        "limits": {
+            "max_ciphertext_bytes": conf.max_ciphertext_bytes,
+            "max_participants": conf.max_participants,
+            "max_recipients_per_message": conf.max_recipients_per_message,
+            "max_devices_per_user": conf.max_devices_per_user,
+            "pending_quota": conf.pending_quota,
+            # the effective limit: the admin's, capped by the MAX_REQUEST_BYTES setting (decentcom.parsers)
+            "max_request_bytes": min(conf.max_request_bytes, settings.DATA_UPLOAD_MAX_MEMORY_SIZE),
+        },
+        "gateway": {
+            "url": f"{'wss' if scheme == 'https' else 'ws'}://{host}/api/v1/gateway",
+            "heartbeat_interval_ms": settings.GATEWAY_HEARTBEAT_INTERVAL_MS,
+        },
+    }
 
 
 def server_settings_for_request(request) -> ServerSettings:

@@ -173,3 +173,35 @@ class AckInput(serializers.Serializer):
 class AckOutput(serializers.Serializer):
     acked = serializers.ListField(child=serializers.UUIDField())
     unknown = serializers.ListField(child=serializers.UUIDField())
+
+
+
+class ServerRetentionOutput(serializers.Serializer):
+    default = RetentionSerializer()
+    max_ttl_days = serializers.IntegerField()
+    permanent_allowed = serializers.BooleanField()
+    max_undelivered_days = serializers.IntegerField()
+
+
+class ServerLimitsOutput(serializers.Serializer):
+    max_ciphertext_bytes = serializers.IntegerField()
+    max_participants = serializers.IntegerField()
+    max_recipients_per_message = serializers.IntegerField()
+    max_devices_per_user = serializers.IntegerField()
+    pending_quota = serializers.IntegerField(help_text="pending deliveries per device")
+    max_request_bytes = serializers.IntegerField(help_text="request bodies over this are refused with 413")
+
+
+class ServerGatewayOutput(serializers.Serializer):
+    url = serializers.CharField(help_text="ws(s)://…/api/v1/gateway")
+    heartbeat_interval_ms = serializers.IntegerField()
+
+
+class ServerDescriptionOutput(serializers.Serializer):
+    """§4 `GET /api/v1/server`."""
+
+    protocol = serializers.CharField(help_text="the protocol version served")
+    origin = serializers.CharField(help_text="the origin clients sign at login (§3)")
+    retention = ServerRetentionOutput()
+    limits = ServerLimitsOutput()
+    gateway = ServerGatewayOutput()

@@ -15,7 +15,8 @@ from django.utils import timezone
 from decentcom import protocol
 from devices.models import Device
 from dmclient import crypto
-from dms.models import Delivery, KeyReceipt, PendingDm
+from dmclient.client import REPLAY_WINDOW_DAYS
+from dms.models import Conversation, Delivery, KeyReceipt, PendingDm
 
 MALLORY_TEXT = "forged text that must never be shown"
 
@@ -185,10 +186,27 @@ def test_no_wrap_and_no_stored_key(pair):
 
 def test_sent_at_outside_the_replay_window(pair):
     alice, bob, conversation = pair
-    old = forge(alice, conversation, bob, sent_at=int((time.time() - 38 * 86400) * 1000))
+    old = forge(alice, conversation, bob, sent_at=int((time.time() - (REPLAY_WINDOW_DAYS + 1) * 86400) * 1000))
     assert_rejected(bob, old, "too_old")
     ahead = forge(alice, conversation, bob, sent_at=int((time.time() + 2 * 86400) * 1000), seq=2)
     assert_rejected(bob, ahead, "from_the_future")
+
+
+def test_a_forged_long_retention_does_not_widen_the_replay_window(pair):
+    """§6: the window is the client's constant. The server claims a ttl of 10 years
+    for the conversation; a message older than the window is still refused."""
+    alice, bob, conversation = pair
+    cid = conversation["conversation_id"]
+    Conversation.objects.filter(id=cid).update(retention_policy="ttl", retention_ttl_days=3650)
+    bob.conversation(cid, refresh=True)
+    assert bob.conversation(cid).retention == {"policy": "ttl", "ttl_days": 3650}
+    old = forge(alice, {**conversation, "retention": {"policy": "ttl", "ttl_days": 3650}}, bob,
+                sent_at=int((time.time() - (REPLAY_WINDOW_DAYS + 1) * 86400) * 1000), via_api=False)
+    assert_rejected(bob, old, "too_old")
+    # just inside the window it is accepted: the bound is the constant, not less
+    inside = forge(alice, conversation, bob, sent_at=int((time.time() - (REPLAY_WINDOW_DAYS - 1) * 86400) * 1000),
+                   seq=2, via_api=False)
+    assert bob.sync().accepted == 1 and bob.history(cid)[-1]["message_id"] == inside
 
 
 def test_malformed_message(pair):

@@ -271,3 +271,59 @@ def test_storage_failure_means_no_ack_and_the_message_comes_again(pair):
     assert bob.sync().accepted == 1
     assert delivery(sent.message_id, bob).acked_at is not None
     assert [m["body"] for m in bob.history(conversation["conversation_id"])] == ["hello bob"]
+
+
+def test_epochs_the_conversation_never_had_are_rejected(pair):
+    """§6 "Epochs a client accepts": below 1, or above the current one after a refresh."""
+    alice, bob, conversation = pair
+    zero = forge(alice, {**conversation, "epoch": 0}, bob, via_api=False)
+    assert_rejected(bob, zero, "bad_epoch")
+    ahead = forge(alice, {**conversation, "epoch": conversation["epoch"] + 1}, bob, seq=2, via_api=False)
+    assert_rejected(bob, ahead, "bad_epoch")
+
+
+@pytest.fixture
+def group_of_three(new_client):
+    alice, bob, carol, dave = (new_client(n) for n in ("alice", "bob", "carol", "dave"))
+    group, _ = alice.create_conversation([bob.user_id, carol.user_id])
+    bob.conversations()  # bob sees epoch 1
+    return alice, bob, carol, dave, group
+
+
+def test_a_removed_member_is_shown_as_sent_before_the_removal(group_of_three):
+    alice, bob, carol, dave, group = group_of_three
+    cid = group["conversation_id"]
+    alice.remove_participant(cid, carol.user_id)
+    bob.conversations()  # epoch 2, without carol
+    # the server helps carol post with the epoch in which she was a member
+    forge(carol, group, bob, text="from the past", via_api=False)
+    assert bob.sync().accepted == 1
+    [message] = [i for i in bob.take_unshown() if i["type"] == "message"]
+    assert message["body"] == "from the past"
+    assert message["warning"] == "sent before the sender was removed (epoch 2): not a current message"
+    # in the epoch after her removal she is no participant at all
+    now = bob.conversation(cid)
+    message_id = forge(carol, {**group, "epoch": now.epoch, "participants_sha256": now.participants_sha256}, bob,
+                       seq=2, via_api=False)
+    assert (bob.sync().failed, bob.failures()[-1]["message_id"], bob.failures()[-1]["reason"]) == (
+        1, message_id, "not_a_participant")
+
+
+def test_an_unseen_epoch_needs_the_sender_around_it(group_of_three):
+    """Bob saw epochs 1, 2 (carol removed) and 4, not 3. Carol claims epoch 3:
+    she was in the conversation neither just before it nor after it."""
+    alice, bob, carol, dave, group = group_of_three
+    cid = group["conversation_id"]
+    alice.remove_participant(cid, carol.user_id)
+    bob.conversations()
+    alice.add_participants(cid, [dave.user_id])
+    alice.remove_participant(cid, dave.user_id)
+    bob.conversations()
+    assert sorted(bob._epoch_views(cid)) == [1, 2, 4]
+    message_id = forge(carol, {**group, "epoch": 3}, bob, via_api=False)
+    assert_rejected(bob, message_id, "not_a_participant")
+    # alice, a participant throughout, is accepted for it, with the warning that it was not seen
+    forge(alice, {**group, "epoch": 3}, bob, text="alice in epoch 3", via_api=False)
+    assert bob.sync().accepted == 1
+    [message] = [i for i in bob.take_unshown() if i["type"] == "message"]
+    assert message["warning"] == "participants of epoch 3 not verified (this device never saw that epoch)"

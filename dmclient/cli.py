@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import sys
+import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,9 +31,31 @@ class CliError(Exception):
 
 
 # --- output ---------------------------------------------------------------------------------
+#
+# Everything from the server or a peer (bodies, names, ids, codes, details) is
+# untrusted: shown so that it can neither pass for a line of our own nor drive
+# the terminal. `--json` prints it exactly (JSON-escaped) instead.
+
+CONTINUATION = "  | "  # starts every further line of a multi-line body; no line of our own starts so
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})  # controls, invisible/bidi format, line breaks
+
+
+def visible(value: object) -> str:
+    """Untrusted text on one line: C0/C1 controls (ESC, CSI, OSC and BEL with
+    them, CR, LF), bidi overrides and isolates, zero-width and other invisible
+    characters are shown escaped (`\x1b`, `\u202e`) instead of acting."""
+    return "".join(ch if unicodedata.category(ch) not in _ESCAPED_CATEGORIES
+                   else ascii(ch)[1:-1] for ch in str(value))
+
+
+def body_text(body: object) -> str:
+    """An untrusted message body: each line made visible, and every line after
+    the first indented behind CONTINUATION, so a body cannot forge a line."""
+    return ("\n" + CONTINUATION).join(visible(line) for line in str(body).split("\n"))
+
 
 def short(value: str | None) -> str:
-    return "-" if value is None else value[:8]
+    return "-" if value is None else visible(value[:8])
 
 
 def local_time(unix_ms: int) -> str:
@@ -43,39 +66,44 @@ def retention_text(retention: dict | None) -> str:
     if not retention:
         return "-"
     if retention.get("policy") == "ttl":
-        return f"ttl {retention.get('ttl_days')}d"
-    return str(retention.get("policy"))
+        return visible(f"ttl {retention.get('ttl_days')}d")
+    return visible(retention.get("policy"))
 
 
 def item_text(item: dict, me: str | None) -> str:
     conv = f"[{short(item.get('conversation_id'))}]"
     if item.get("type") == "message":
         who = "me" if item["sender"] == me else short(item["sender"])
-        text = f"{conv} {local_time(item['sent_at'])} {who}/{short(item['sender_device'])} #{item['seq']}: {item['body']}"
-        return text + (f"\n    warning: {item['warning']}" if item.get("warning") else "")
+        text = (f"{conv} {local_time(item['sent_at'])} {who}/{short(item['sender_device'])} #{item['seq']}: "
+                f"{body_text(item['body'])}")
+        return text + (f"\n    warning: {visible(item['warning'])}" if item.get("warning") else "")
     if item.get("type") == "failed":
-        return (f"{conv} REJECTED message {item['message_id']} claiming to be from "
-                f"{short(item.get('claimed_sender'))}: {item['reason']} ({item['detail']})")
+        return (f"{conv} REJECTED message {visible(item['message_id'])} claiming to be from "
+                f"{short(item.get('claimed_sender'))}: {visible(item['reason'])} ({visible(item['detail'])})")
     kind = item.get("kind")
     if kind == "membership":
         parts = [f"added {', '.join(map(short, item['added']))}" if item["added"] else "",
                  f"removed {', '.join(map(short, item['removed']))}" if item["removed"] else ""]
         by = f" by {short(item['actor'])}" if item.get("actor") else ""
-        return f"{conv} * members {'; '.join(p for p in parts if p)}{by} (epoch {item['epoch']})"
+        return f"{conv} * members {'; '.join(p for p in parts if p)}{by} (epoch {visible(item['epoch'])})"
     if kind == "conversation":
-        return (f"{conv} * conversation ({item['conversation_kind']}) with {', '.join(map(short, item['participants']))}, "
-                f"retention {retention_text(item['retention'])}")
+        return (f"{conv} * conversation ({visible(item['conversation_kind'])}) with "
+                f"{', '.join(map(short, item['participants']))}, retention {retention_text(item['retention'])}")
+    if kind == "membership_refused":
+        return (f"{conv} ! WARNING the server showed this {visible(item['conversation_kind'])} conversation with "
+                f"{', '.join(map(short, item['participants']))} at epoch {visible(item['epoch'])}: "
+                f"{visible(item['detail'])}")
     if kind == "retention":
         by = f" by {short(item['actor'])}" if item.get("actor") else ""
         return f"{conv} * retention changed from {retention_text(item['old'])} to {retention_text(item['new'])}{by}"
     if kind == "membership_fork":
-        return f"{conv} ! WARNING epoch {item['epoch']}: {item['detail']}"
+        return f"{conv} ! WARNING epoch {visible(item['epoch'])}: {visible(item['detail'])}"
     if kind == "untrusted_device":
         return (f"! WARNING device {short(item['device_id'])} of {short(item['user_id'])} is not used: its "
-                f"certificate fails ({item['reason']})")
+                f"certificate fails ({visible(item['reason'])})")
     if kind in ("device_added", "device_revoked"):
-        return f"* your device {short(item['device_id'])} ({item['name']}) was {kind.split('_')[1]}"
-    return f"{conv} * {kind}: {json.dumps(item)}"
+        return f"* your device {short(item['device_id'])} ({visible(item['name'])}) was {kind.split('_')[1]}"
+    return f"{conv} * {visible(kind)}: {json.dumps(item)}"
 
 
 class Output:
@@ -96,7 +124,8 @@ class Output:
         elif "event" not in item:
             print(item_text(item, self.me), flush=True)
         elif item["event"] != "synced":
-            print(f"-- {item['event']}: " + ", ".join(f"{k}={v}" for k, v in item.items() if k != "event"),
+            print(f"-- {visible(item['event'])}: " + ", ".join(f"{k}={visible(v)}" for k, v in item.items()
+                                                              if k != "event"),
                   file=sys.stderr, flush=True)
 
 
@@ -143,7 +172,7 @@ def home_of(args) -> Path:
 
 def open_client(args, out: Output) -> Client:
     client = Client.open(home_of(args), passphrase(),
-                         on_wait=lambda code, s: notice(f"server says {code}: waiting {s} s as it asks (Retry-After)"))
+                         on_wait=lambda code, s: notice(f"server says {visible(code)}: waiting {s} s as it asks (Retry-After)"))
     out.me = client.user_id
     return client
 
@@ -174,7 +203,7 @@ def cmd_init(args, out: Output) -> None:
         try:
             client.login()  # registers the device
         except NetworkError as exc:
-            notice(f"warning: {exc}; the device registers at its first use")
+            notice(f"warning: {visible(exc)}; the device registers at its first use")
     me = client.whoami()
     if args.join:
         text = (f"device key created: {me['device_id']}\n"
@@ -182,14 +211,15 @@ def cmd_init(args, out: Output) -> None:
                 f"  python -m dmclient device certify {me['device_id']} --name {json.dumps(args.name)} > cert.json\n"
                 f"then here: python -m dmclient device import-cert cert.json")
     else:
-        text = f"user   {me['user_id']}\ndevice {me['device_id']} ({me['device_name']}) registered at {me['server']}"
+        text = (f"user   {me['user_id']}\ndevice {me['device_id']} ({visible(me['device_name'])}) registered at "
+                f"{me['server']}")
     out.result(me, text)
 
 
 def cmd_whoami(args, out: Output) -> None:
     me = open_client(args, out).whoami()
-    out.result(me, f"user   {me['user_id']}\ndevice {me['device_id']} ({me['device_name']})\nserver {me['server']}\n"
-                   f"master key in this store: {'yes' if me['has_master_key'] else 'no'}")
+    out.result(me, f"user   {me['user_id']}\ndevice {me['device_id']} ({visible(me['device_name'])})\n"
+                   f"server {me['server']}\nmaster key in this store: {'yes' if me['has_master_key'] else 'no'}")
 
 
 def cmd_device_add(args, out: Output) -> None:
@@ -200,7 +230,7 @@ def cmd_device_add(args, out: Output) -> None:
     new = client.add_device(args.to, new_pass, name=args.name, expires_days=args.expires_days,
                             permissions=["manage_devices"] if args.manage_devices else [])
     me = new.whoami()
-    out.result(me, f"device {me['device_id']} ({me['device_name']}) registered; its store is {args.to}\n"
+    out.result(me, f"device {me['device_id']} ({visible(me['device_name'])}) registered; its store is {args.to}\n"
                    f"use it with: python -m dmclient --home {args.to} ...")
 
 
@@ -217,7 +247,7 @@ def cmd_device_import(args, out: Output) -> None:
     except ValueError:
         raise CliError("invalid_certificate", "the file is not JSON") from None
     me = open_client(args, out).import_certificate(cert)
-    out.result(me, f"device {me['device_id']} ({me['device_name']}) of user {me['user_id']} registered")
+    out.result(me, f"device {me['device_id']} ({visible(me['device_name'])}) of user {me['user_id']} registered")
 
 
 def cmd_device_list(args, out: Output) -> None:
@@ -226,8 +256,9 @@ def cmd_device_list(args, out: Output) -> None:
     for d in devices:
         state = "revoked " + d["revoked_at"] if d["revoked_at"] else ("active" + (
             f", expires {d['expires_at']}" if d["expires_at"] else ""))
-        lines.append(f"{'*' if d['current'] else ' '} {d['device_id']}  {d['name']:<16} {state}; last seen "
-                     f"{d['last_seen_at'] or 'never'}; {d['pending_count']} pending"
+        lines.append(f"{'*' if d['current'] else ' '} {visible(d['device_id'])}  {visible(d['name']):<16} "
+                     f"{visible(state)}; last seen {visible(d['last_seen_at'] or 'never')}; "
+                     f"{visible(d['pending_count'])} pending"
                      + ("" if d["certificate_ok"] else "; CERTIFICATE DOES NOT VERIFY"))
     out.result({"devices": devices}, "\n".join(lines))
 
@@ -238,7 +269,8 @@ def cmd_device_revoke(args, out: Output) -> None:
 
 
 def conversation_text(c: dict) -> str:
-    return (f"{c['conversation_id']}  {c['kind']:<6} epoch {c['epoch']:<3} {retention_text(c['retention']):<13} "
+    return (f"{visible(c['conversation_id'])}  {visible(c['kind']):<6} epoch {visible(c['epoch']):<3} "
+            f"{retention_text(c['retention']):<13} "
             f"{', '.join(map(short, c['participants']))}")
 
 
@@ -271,13 +303,17 @@ def cmd_dm_send(args, out: Output) -> None:
 
     result = client.send(client.resolve(args.conversation), args.text, confirm_retention=confirm)
     for problem in result.untrusted_devices:
-        notice(f"warning: device {problem['device_id']} of {short(problem['user_id'])} was not used: its "
-               f"certificate fails ({problem['reason']})")
+        notice(f"warning: device {visible(problem['device_id'])} of {short(problem['user_id'])} was not used: its "
+               f"certificate fails ({visible(problem['reason'])})")
     if result.unreachable:
         notice(f"not delivered to {', '.join(map(short, result.unreachable))}: no active device")
-    out.result(asdict(result), f"sent {result.message_id} ({result.policy}, expires {result.expires_at or 'never'}) "
-                               f"to {result.recipients} device(s)"
-               + (f"; retried after: {', '.join(result.retries)}" if result.retries else ""))
+    for skipped in result.skipped:
+        reason = "mailbox full" if skipped["reason"] == "mailbox_full" else visible(skipped["reason"])
+        notice(f"not delivered to device {visible(skipped['device_id'])}"
+               + (f" of {short(skipped['user_id'])}" if skipped["user_id"] else "") + f", {reason}")
+    out.result(asdict(result), f"sent {result.message_id} ({visible(result.policy)}, expires "
+                               f"{visible(result.expires_at or 'never')}) to {visible(result.recipients)} device(s)"
+               + (f"; retried after: {visible(', '.join(result.retries))}" if result.retries else ""))
 
 
 def cmd_dm_read(args, out: Output) -> None:
@@ -315,9 +351,10 @@ def cmd_dm_history(args, out: Output) -> None:
     cid = client.resolve(args.conversation)
     if args.server:
         messages = client.server_history(cid, limit=args.limit)
-        text = "\n".join(f"{m['message_id']}  " + (f"{short(m['sender'])} #{m['seq']}: {m['body']} ({m['policy']}, "
-                         f"expires {m['expires_at'] or 'never'})" if "body" in m else f"cannot open: {m['error']}")
-                         for m in messages)
+        text = "\n".join(f"{visible(m['message_id'])}  " + (
+            f"{short(m['sender'])} #{m['seq']}: {body_text(m['body'])} ({visible(m['policy'])}, "
+            f"expires {visible(m['expires_at'] or 'never')})" if "body" in m else f"cannot open: {visible(m['error'])}")
+            for m in messages)
     else:
         messages = client.history(cid, limit=args.limit)
         text = "\n".join(item_text(m, client.user_id) for m in messages)
@@ -448,5 +485,6 @@ def fail(out: Output, code: str, detail: str, extra: dict) -> int:
     if out.as_json:
         print(json.dumps({"error": code, "detail": detail, **extra}, ensure_ascii=False), flush=True)
     else:
-        print(f"error: {code}: {detail}" + (f" {json.dumps(extra)}" if extra else ""), file=sys.stderr)
+        print(f"error: {visible(code)}: {visible(detail)}" + (f" {json.dumps(extra)}" if extra else ""),
+              file=sys.stderr)
     return 1

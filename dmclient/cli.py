@@ -16,7 +16,7 @@ from pathlib import Path
 
 from decentcom import protocol
 from dmclient.api import ApiError, NetworkError
-from dmclient.client import Client, ClientError
+from dmclient.client import LONGEST_RETENTION_DAYS, Client, ClientError
 from dmclient.listener import Listener, Revoked
 from dmclient.store import StoreError
 
@@ -171,18 +171,35 @@ def home_of(args) -> Path:
 
 
 def open_client(args, out: Output) -> Client:
-    client = Client.open(home_of(args), passphrase(),
+    client = Client.open(home_of(args), passphrase(), transport=args.transport,
                          on_wait=lambda code, s: notice(f"server says {visible(code)}: waiting {s} s as it asks (Retry-After)"))
     out.me = client.user_id
     return client
 
 
-def retention_arg(args) -> dict | None:
-    if args.policy is None:
+def retention_arg(args, client: Client) -> dict | None:
+    """--policy/--ttl-days, checked against this client's bounds, which the
+    server's description (GET /server) may narrow for the message but never widen."""
+    if args.policy != "ttl":
         if args.ttl_days is not None:
             raise CliError("invalid_retention", "--ttl-days goes with --policy ttl")
-        return None
-    return {"policy": args.policy, "ttl_days": args.ttl_days}
+        return None if args.policy is None else {"policy": args.policy, "ttl_days": None}
+    high, whose = LONGEST_RETENTION_DAYS, "this client's longest"
+    server_max = ((client.server_info() or {}).get("retention") or {}).get("max_ttl_days")
+    if isinstance(server_max, int) and not isinstance(server_max, bool) and 1 <= server_max < high:
+        high, whose = server_max, "this server's max_ttl_days"
+    if args.ttl_days is None or not 1 <= args.ttl_days <= high:
+        raise CliError("invalid_retention", f"--policy ttl needs --ttl-days 1..{high} ({whose})",
+                       min_ttl_days=1, max_ttl_days=high)
+    return {"policy": "ttl", "ttl_days": args.ttl_days}
+
+
+def device_name(name: str) -> str:
+    """A --name that every server and client accepts (protocol.name_problem), checked before anything else."""
+    problem = protocol.name_problem(name)
+    if problem is not None:
+        raise CliError("invalid_name", f"--name {visible(name)!r}: {problem}")
+    return name
 
 
 def user_ids(values: list[str]) -> list[str]:
@@ -197,8 +214,9 @@ def user_ids(values: list[str]) -> list[str]:
 # --- commands ------------------------------------------------------------------------------------
 
 def cmd_init(args, out: Output) -> None:
+    device_name(args.name)
     client = Client.init(home_of(args), passphrase(confirm=True), server=args.server, name=args.name,
-                         join=args.join, expires_days=args.expires_days, register=False)
+                         join=args.join, expires_days=args.expires_days, register=False, transport=args.transport)
     if not args.join:
         try:
             client.login()  # registers the device
@@ -223,6 +241,7 @@ def cmd_whoami(args, out: Output) -> None:
 
 
 def cmd_device_add(args, out: Output) -> None:
+    device_name(args.name)
     client = open_client(args, out)
     # The new store's passphrase: $DMCLIENT_NEW_PASSPHRASE, else this store's, else asked.
     new_pass = os.environ.get("DMCLIENT_NEW_PASSPHRASE") or passphrase(
@@ -235,6 +254,7 @@ def cmd_device_add(args, out: Output) -> None:
 
 
 def cmd_device_certify(args, out: Output) -> None:
+    device_name(args.name)
     cert = open_client(args, out).certify(args.device_id, name=args.name, expires_days=args.expires_days,
                                      permissions=["manage_devices"] if args.manage_devices else [])
     print(json.dumps(cert, ensure_ascii=False), flush=True)
@@ -275,8 +295,10 @@ def conversation_text(c: dict) -> str:
 
 
 def cmd_dm_new(args, out: Output) -> None:
-    retention = retention_arg(args)
-    conversation, created = open_client(args, out).create_conversation(user_ids(args.users), retention=retention)
+    users = user_ids(args.users)
+    client = open_client(args, out)
+    retention = retention_arg(args, client)
+    conversation, created = client.create_conversation(users, retention=retention)
     if not created and retention is not None and retention != conversation["retention"]:
         notice(f"this direct conversation exists and keeps its retention {retention_text(conversation['retention'])};"
                " change it with `dm retention`")
@@ -363,7 +385,7 @@ def cmd_dm_history(args, out: Output) -> None:
 
 def cmd_dm_retention(args, out: Output) -> None:
     client = open_client(args, out)
-    retention = retention_arg(args)
+    retention = retention_arg(args, client)
     if retention is None:
         raise CliError("invalid_retention", "--policy is required")
     conversation = client.set_retention(client.resolve(args.conversation), retention)
@@ -435,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def retention_options(p, required=False):
         p.add_argument("--policy", choices=POLICIES, required=required, help="retention policy")
-        p.add_argument("--ttl-days", type=int, help="days a message is kept (with --policy ttl)")
+        p.add_argument("--ttl-days", type=int, help=f"days a message is kept (with --policy ttl): 1..{LONGEST_RETENTION_DAYS}"
+                                                    ", or up to the server's max_ttl_days when lower")
 
     p = add(msub, "new", cmd_dm_new, "start a conversation: one user makes a direct one, more make a group")
     p.add_argument("users", nargs="+", metavar="USER_ID")
@@ -465,9 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, transport=None) -> int:
+    """`transport`: an httpx transport for every request (tests put the server in-process)."""
     args = build_parser().parse_args(argv)
     args.home, args.json = getattr(args, "home", None), getattr(args, "json", False)
+    args.transport = transport
     out = Output(args.json)
     try:
         args.func(args, out)

@@ -251,7 +251,8 @@ class Client:
             return certificate_issue(master, device_id=device_id, name=name,
                                      expires_at=expiry_from_days(expires_days), permissions=list(permissions))
         except protocol.ProtocolError as exc:
-            raise ClientError("invalid_certificate", exc.detail) from None
+            raise ClientError("invalid_name" if exc.code == "invalid_name" else "invalid_certificate",
+                              exc.detail) from None
 
     def import_certificate(self, cert: dict) -> dict:
         """Adopt a certificate for this device's key and log in, which registers it."""

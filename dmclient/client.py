@@ -369,6 +369,26 @@ class Client:
             return "a direct conversation's participants never change"
         return None
 
+    def _record_refusal(self, db: sqlite3.Connection, view: ConversationView, refusal: str) -> None:
+        self.store.event_add(db, conversation_id=view.conversation_id, kind="membership_refused", detail={
+            "epoch": view.epoch, "conversation_kind": view.kind, "participants": list(view.participants),
+            "detail": f"the server showed this conversation with other members or kind ({refusal}): refused, "
+                      "nothing is sent to them"})
+
+    def _refuse_named_participants(self, view: ConversationView, named: object) -> None:
+        """A `stale_epoch` answer names the participants (§7): for a direct
+        conversation they can only be its two, or the answer is a lie."""
+        if view.kind != "direct" or not isinstance(named, list) or sorted(map(str, named)) == list(view.participants):
+            return
+        refusal = "a direct conversation's participants never change"
+        lied = ConversationView(conversation_id=view.conversation_id, kind=view.kind,
+                                participants=tuple(sorted(map(str, named))), participants_sha256="",
+                                created_by=view.created_by, epoch=view.epoch, retention=view.retention)
+        with self.store.transaction() as db:
+            self._record_refusal(db, lied, refusal)
+        raise ClientError("membership_refused", f"conversation {view.conversation_id} refused: {refusal}",
+                          conversation_id=view.conversation_id, participants=list(lied.participants), kind=view.kind)
+
     def _apply_view(self, db: sqlite3.Connection, view: ConversationView, *, actor: str | None = None,
                     accept_retention: bool = False, expected: set[str] | None = None) -> str | None:
         """Record what the server says a conversation is now; tell the user what
@@ -378,10 +398,7 @@ class Client:
         old = db.execute("SELECT * FROM conversations WHERE conversation_id = ?", (cid,)).fetchone()
         refusal = self._refusal(old, view, expected)
         if refusal is not None:
-            self.store.event_add(db, conversation_id=cid, kind="membership_refused", detail={
-                "epoch": view.epoch, "conversation_kind": view.kind, "participants": list(view.participants),
-                "detail": f"the server showed this conversation with other members or kind ({refusal}): refused, "
-                          "nothing is sent to them"})
+            self._record_refusal(db, view, refusal)
             return refusal
         known = db.execute("SELECT participants_sha256 FROM conversation_epochs WHERE conversation_id = ? AND epoch = ?",
                            (cid, view.epoch)).fetchone()
@@ -625,6 +642,7 @@ class Client:
             except ApiError as exc:
                 retries.append(exc.code)
                 if exc.code == "stale_epoch":
+                    self._refuse_named_participants(view, exc.body.get("participants"))
                     view = self.conversation(conversation_id, refresh=True)
                     for user_id in view.participants:
                         self.directory(user_id, refresh=True)

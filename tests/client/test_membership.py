@@ -2,6 +2,7 @@
 participants and its kind for ever, whatever the server says later (a
 conversation view, a CONVERSATION_UPDATE, a stale_epoch answer); groups change
 and every change is shown. The server lies by changing its own rows."""
+import httpx
 import pytest
 from django.utils import timezone
 
@@ -85,3 +86,24 @@ def test_group_membership_changes_are_accepted_and_shown(new_client):
     assert dave.user_id in view["participants"]
     [shown] = [i for i in bob.take_unshown() if i.get("kind") == "membership"]  # ...and shown
     assert shown["added"] == [dave.user_id]
+
+
+def test_a_stale_epoch_answer_naming_a_third_user_is_refused(new_client, lying):
+    """The server's own rows are honest here; only its 409 names mallory."""
+    alice, bob, mallory = new_client("alice", transport=lying), new_client("bob"), new_client("mallory")
+    conversation, _ = alice.create_conversation([bob.user_id])
+    alice.take_unshown()
+    sends = []
+
+    def stale(request, forward):
+        if request.method == "POST" and request.url.path == "/api/v1/dms/send":
+            sends.append(request)
+            return httpx.Response(409, json={"error": "stale_epoch", "detail": "", "epoch": conversation["epoch"] + 1,
+                                             "participants": sorted([*conversation["participants"], mallory.user_id])})
+    lying.rewrite = stale
+    with pytest.raises(ClientError) as exc:
+        alice.send(conversation["conversation_id"], "one")
+    assert exc.value.code == "membership_refused" and len(sends) == 1
+    [warning] = refusals(alice)
+    assert mallory.user_id in warning["participants"]
+    assert alice.conversation(conversation["conversation_id"]).participants == tuple(conversation["participants"])

@@ -842,8 +842,8 @@ class Client:
                                f"conversation at epoch {m.epoch}")
         else:
             # An epoch this device never saw (it was offline through it): its members cannot be
-            # checked, so the sender must be a participant in the nearest epoch we saw before it
-            # (and was not removed since, as far as we know) or in the nearest one after it.
+            # checked, so the sender must be a participant in the nearest epoch we saw before it or
+            # in the nearest one after it (the current one, or one we saw later).
             before = max((e for e in seen if e < m.epoch), default=None)
             after = min((e for e in seen if e > m.epoch), default=None)  # the current one, at least
             if not any(e is not None and m.sender in seen[e] for e in (before, after)):

@@ -9,6 +9,7 @@ import datetime as dt
 import getpass
 import json
 import os
+import shutil
 import sys
 import unicodedata
 from dataclasses import asdict
@@ -52,6 +53,34 @@ def body_text(body: object) -> str:
     """An untrusted message body: each line made visible, and every line after
     the first indented behind CONTINUATION, so a body cannot forge a line."""
     return ("\n" + CONTINUATION).join(visible(line) for line in str(body).split("\n"))
+
+
+def _cells(ch: str) -> int:
+    """Terminal columns a (visible) character takes."""
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def fit(text: str, width: int) -> str:
+    """Lines wider than the terminal broken here, every further piece behind
+    CONTINUATION: the terminal's own wrap would start it at column 0, where
+    the tail of a long body could pass for a line of ours."""
+    out = []
+    for line in text.split("\n"):
+        piece, used = "", 0
+        for ch in line:
+            if used + _cells(ch) > width and piece.strip():
+                out.append(piece)
+                piece, used = CONTINUATION, len(CONTINUATION)
+            piece += ch
+            used += _cells(ch)
+        out.append(piece)
+    return "\n".join(out)
+
+
+def to_terminal(text: str) -> str:
+    return fit(text, shutil.get_terminal_size().columns) if sys.stdout.isatty() else text
 
 
 def short(value: str | None) -> str:
@@ -115,14 +144,14 @@ class Output:
         if self.as_json:
             print(json.dumps(data, ensure_ascii=False), flush=True)
         elif text is not None:
-            print(text, flush=True)
+            print(to_terminal(text), flush=True)
 
     def item(self, item: dict) -> None:
         """A message, failure or event for the user, or (with "event") a listener status."""
         if self.as_json:
             print(json.dumps(item, ensure_ascii=False), flush=True)
         elif "event" not in item:
-            print(item_text(item, self.me), flush=True)
+            print(to_terminal(item_text(item, self.me)), flush=True)
         elif item["event"] != "synced":
             print(f"-- {visible(item['event'])}: " + ", ".join(f"{k}={visible(v)}" for k, v in item.items()
                                                               if k != "event"),

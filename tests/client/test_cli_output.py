@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dmclient.cli import CONTINUATION, body_text, visible
+from dmclient.cli import CONTINUATION, body_text, fit, visible
 from tests.client.conftest import BASE_DIR
 
 pytestmark = pytest.mark.live
@@ -45,3 +45,15 @@ def test_visible_escapes_every_invisible_or_controlling_character():
     assert visible("a\nb\tc\x00\x7f\x85\u2028\u2029\u061c\ufeff\U000e0001") == (
         "a\\nb\\tc\\x00\\x7f\\x85\\u2028\\u2029\\u061c\\ufeff\\U000e0001")
     assert body_text("one\ntwo\n\nthree") == f"one\n{CONTINUATION}two\n{CONTINUATION}\n{CONTINUATION}three"
+
+
+def test_lines_wider_than_the_terminal_are_broken_behind_the_continuation_mark():
+    """The terminal's own wrap would put the tail of a long body at column 0."""
+    width = 40
+    line = "[abcdef12] 12:00 me/xyz #1: " + "x" * (width - 28) + "[conv] 12:00 mallory: fake"
+    rows = fit(line, width).split("\n")
+    assert rows[0] == line[:width] and rows[1] == CONTINUATION + "[conv] 12:00 mallory: fake"
+    assert all(len(row) <= width for row in rows)
+    wide = fit("日本語" * 10, 10).split("\n")  # two columns each
+    assert wide[0] == "日本語日本" and all(row.startswith(CONTINUATION) for row in wide[1:])
+    assert fit("short\n  | two", width) == "short\n  | two"

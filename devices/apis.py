@@ -161,7 +161,7 @@ class UserDeviceListApi(APIView):
 
 
 class DevicesApi(APIView):
-    """GET: the caller's own devices. POST: register another one by certificate."""
+    """GET: the caller's own devices. POST: renew the calling device's own certificate (§4)."""
 
     permission_classes = [IsAnySession]
 
@@ -181,12 +181,12 @@ class DevicesApi(APIView):
         } for d in devices]})
 
     @extend_schema(request=InputSerializer, responses={
-        201: DeviceOutput, 200: DeviceOutput, **error_responses(*AUTHENTICATED, *JSON_BODY, 403, 409, 429)})
+        200: DeviceOutput, **error_responses(*AUTHENTICATED, *JSON_BODY, 403, 409)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        device, created = services.device_register(user=request.user, certificate=data.validated_data["certificate"])
-        return Response(device_wire(device), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        device = services.device_renew(session=request.auth, certificate=data.validated_data["certificate"])
+        return Response(device_wire(device))
 
 
 class DeviceRevokeApi(APIView):

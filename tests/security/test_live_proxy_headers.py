@@ -55,7 +55,7 @@ def test_procfile_web_keys_the_address_limit_on_the_peer_not_on_x_forwarded_for(
     answers = [ask(procfile_server, **{"X-Forwarded-For": value}).status_code
                for value in ("198.51.100.1", "198.51.100.2", "not an address", "198.51.100.3")]
     assert answers == [200, 200, 429, 429]  # one limit for the one peer (3 per minute, one used above)
-    stored = {row[0] for row in live_database.sql("SELECT client_ip FROM auth_challenges")}
+    stored = {str(row[0]) for row in live_database.sql("SELECT client_ip FROM auth_challenges")}
     assert stored == {"127.0.0.1"}
 
 

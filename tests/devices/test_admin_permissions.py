@@ -96,7 +96,8 @@ def expired_message() -> str:
 def test_view_only_staff_cannot_run_the_purge():
     message_id = expired_message()
     viewer = staff("view_pendingdm")
-    assert viewer.get("/admin/dms/pendingdm/").status_code == 200
+    page = viewer.get("/admin/dms/pendingdm/")
+    assert page.status_code == 200 and b"Run the purge now" not in page.content
     viewer.post("/admin/dms/pendingdm/purge/")
     assert PendingDm.objects.filter(message_id=message_id).exists()
 
@@ -104,6 +105,7 @@ def test_view_only_staff_cannot_run_the_purge():
 def test_staff_with_change_permission_runs_the_purge():
     message_id = expired_message()
     changer = staff("view_pendingdm", "change_pendingdm")
+    assert b"Run the purge now" in changer.get("/admin/dms/pendingdm/").content
     assert changer.post("/admin/dms/pendingdm/purge/").status_code == 302
     assert not PendingDm.objects.filter(message_id=message_id).exists()
 

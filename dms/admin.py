@@ -111,7 +111,7 @@ class PendingDmAdmin(ReadOnlyAdmin):
                 *super().get_urls()]
 
     def purge_view(self, request):
-        if request.method != "POST" or not request.user.has_perm("dms.view_pendingdm"):
+        if request.method != "POST" or not request.user.has_perm("dms.change_pendingdm"):  # it deletes
             return HttpResponseRedirect(reverse("admin:dms_pendingdm_changelist"))
         counts = services.dm_purge_expired(now=timezone.now())
         self.message_user(request, "Purge done: " + ", ".join(f"{k} {v}" for k, v in counts.items()),

@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from decentcom.ratelimit import client_address
 from gateway import selectors, services
 from gateway.notify import device_group, frame, user_group
 
@@ -68,7 +69,9 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         session = await database_sync_to_async(services.gateway_authenticate)(
             authorization=self._header(b"authorization"), ticket=self._query("ticket"))
         if session is None:
-            logger.info("gateway: authentication failed from %s", (self.scope.get("client") or ["?"])[0])
+            logger.info("gateway: authentication failed from %s", client_address({
+                "REMOTE_ADDR": (self.scope.get("client") or [""])[0],
+                "HTTP_X_FORWARDED_FOR": self._header(b"x-forwarded-for").decode("latin-1")}))
             await self.close_with(CLOSE_AUTH_FAILED)
             return
         self.session_id, self.user_id = session.pk, session.user.username

@@ -5,7 +5,6 @@ session ended (logout, expiry) while connected; 4002 heartbeat not answered in
 time; 4003 the device was revoked; 4008 the device already holds
 `max_gateway_connections_per_device` connections."""
 import asyncio
-import json
 import logging
 import time
 from urllib.parse import parse_qs
@@ -16,6 +15,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from decentcom.errors import ApiError
+from decentcom.parsers import json_loads
 from gateway import selectors, services
 from gateway.notify import device_group, frame, user_group
 
@@ -38,9 +39,9 @@ def parse_frame(text_data: str | None) -> tuple[dict | None, str]:
     if len(text_data) > MAX_FRAME_CHARS:
         return None, f"frame is over {MAX_FRAME_CHARS} characters"
     try:
-        content = json.loads(text_data)
-    except (ValueError, RecursionError):
-        return None, "frame is not JSON"
+        content = json_loads(text_data)  # the API's own rules: depth, int64, finite
+    except ApiError as exc:
+        return None, str(exc.detail)
     if not isinstance(content, dict):
         return None, "frame must be a JSON object"
     if not isinstance(content.get("op"), str) or not content["op"]:

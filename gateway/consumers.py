@@ -3,7 +3,8 @@
 Close codes: 4000 malformed frames kept coming; 4001 bad credentials, or the
 session ended (logout, expiry) while connected; 4002 heartbeat not answered in
 time; 4003 the device was revoked; 4008 the device already holds
-`max_gateway_connections_per_device` connections."""
+`max_gateway_connections_per_device` connections, or the user's master
+sessions together `max_gateway_master_connections_per_user`."""
 import asyncio
 import logging
 import time
@@ -75,11 +76,11 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         self.session_id, self.user_id = session.pk, session.user.username
         if session.device is not None:
             self.device_id, self.device_pk = session.device.device_id, session.device.pk
-            allowed, self.slot_key = await database_sync_to_async(services.gateway_slot_claim)(
-                device_id=self.device_id, owner=self.channel_name)
-            if not allowed:
-                await self.close_with(CLOSE_TOO_MANY_CONNECTIONS)
-                return
+        allowed, self.slot_key = await database_sync_to_async(services.gateway_slot_claim)(
+            user_id=self.user_id, device_id=self.device_id, owner=self.channel_name)
+        if not allowed:
+            await self.close_with(CLOSE_TOO_MANY_CONNECTIONS)
+            return
         await self._join_groups()
         # Read after joining: a message committed from here on also rings the bell.
         hello = await database_sync_to_async(selectors.gateway_hello_get)(session_id=self.session_id)

@@ -11,12 +11,12 @@ from tests.factories import ack, build_send, create_conversation, make_person, s
 pytestmark = pytest.mark.django_db
 
 # session, settings, BEGIN, used id, conversation lock, participants and devices,
-# 3 INSERTs (used id, message, deliveries), COMMIT
-SEND_QUERIES = 10
+# 4 INSERTs (used id, message, deliveries, delivery states), COMMIT
+SEND_QUERIES = 11
 # session, settings, the page
 SYNC_QUERIES = 3
-# session, settings, BEGIN, lock messages, end deliveries, receipts, COMMIT
-ACK_QUERIES = 7
+# session, settings, BEGIN, lock messages, end deliveries, their states, counts for DM_STATUS, receipts, COMMIT
+ACK_QUERIES = 9
 # ... and for burn_on_read: the burned ones found, and deleted with their deliveries and used ids
 ACK_BURN_QUERIES = ACK_QUERIES + 4
 

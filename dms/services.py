@@ -620,10 +620,11 @@ def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PU
         counts["burned_messages"] += messages_delete_burned(message_ids=ids)
     for ids in _chunks_locked(old_receipts, field="id", chunk=chunk):
         counts["past_epoch_receipts"] += KeyReceipt.objects.filter(id__in=ids).delete()[0]
-    with transaction.atomic():
-        # A remembered id's states go with it (§7a), first: their foreign key has no cascade.
-        counts["delivery_states"] = DeliveryState.objects.filter(message__in=forgotten_ids).delete()[0]
-        for name, queryset in housekeeping.items():
+    for name, queryset in housekeeping.items():
+        with transaction.atomic():
+            if queryset is forgotten_ids:
+                # A remembered id's states go with it (§7a), first: their foreign key has no cascade.
+                counts["delivery_states"] = DeliveryState.objects.filter(message__in=forgotten_ids).delete()[0]
             counts[name] = queryset.delete()[0]
     logger.info("purge as of %s: %s in %.3f s", rfc3339(now), counts, time.monotonic() - started)
     return counts

@@ -21,12 +21,13 @@ def conversation_update_on_commit(*, conversations, actor, added=(), removed=())
             })
 
 
-def dm_status_on_commit(*, message_ids: list) -> None:
-    """DM_STATUS (§7a): one frame per message with its counts as this
-    transaction leaves them; all frames for one user go in one channel-layer
-    send, so an ACK of 500 ids or a purge chunk is one round trip per user."""
+def dm_status_on_commit(*, db_ids: list) -> None:
+    """DM_STATUS (§7a) for these messages (ids as the database returns them):
+    one frame per message with its counts as this transaction leaves them;
+    all frames for one user go in one channel-layer send, so an ACK of 500
+    ids or a purge chunk is one round trip per user."""
     frames: dict[str, list[tuple[str, dict]]] = {}
-    for message_id, entry in sorted(delivery_counts_for_messages(message_ids=message_ids).items()):
+    for message_id, entry in sorted(delivery_counts_for_messages(db_ids=db_ids).items()):
         frames.setdefault(entry["sender"], []).append(("DM_STATUS", {
             "message_id": message_id, "conversation_id": entry["conversation_id"], "counts": entry["counts"]}))
     notify_users_batch_on_commit(events=frames)

@@ -188,17 +188,22 @@ def pending_count_for_device(*, device) -> int:
 
 # --- delivery status (§7a) ------------------------------------------------------------
 
+_STATES = tuple(DeliveryState.State.values)  # read once: an enum's `values` is rebuilt at each access
+
+
 def delivery_counts_zero() -> dict[str, int]:
-    return dict.fromkeys(DeliveryState.State.values, 0)
+    return dict.fromkeys(_STATES, 0)
 
 
-def delivery_counts_for_messages(*, message_ids: list) -> dict[str, dict]:
+def delivery_counts_for_messages(*, db_ids: list) -> dict[str, dict]:
     """message id -> {"conversation_id", "sender" (user id), "counts"}, for
-    DM_STATUS: one query per 10,000 ids. Messages without states are left out."""
+    DM_STATUS: one query per 10,000 ids, given as the database returns them
+    (`sql.uuid_param` values: no conversion on the ACK's hot path).
+    Messages without states are left out."""
     result: dict[str, dict] = {}
     with connection.cursor() as cursor:
-        for start in range(0, len(message_ids), MAX_IDS_PER_STATEMENT):
-            ids = [sql.uuid_param(m) for m in message_ids[start:start + MAX_IDS_PER_STATEMENT]]
+        for start in range(0, len(db_ids), MAX_IDS_PER_STATEMENT):
+            ids = db_ids[start:start + MAX_IDS_PER_STATEMENT]
             cursor.execute(
                 "SELECT s.message_id, u.conversation_id, su.username, s.state, COUNT(*) FROM dm_delivery_states s "
                 "JOIN dm_used_message_ids u ON u.message_id = s.message_id "
@@ -206,11 +211,13 @@ def delivery_counts_for_messages(*, message_ids: list) -> dict[str, dict]:
                 f"WHERE s.message_id IN ({sql.placeholders(len(ids))}) "
                 "GROUP BY s.message_id, u.conversation_id, su.username, s.state", ids)
             for message_id, conversation_id, sender, state, n in cursor.fetchall():
-                entry = result.setdefault(sql.uuid_str(message_id), {
-                    "conversation_id": None if conversation_id is None else sql.uuid_str(conversation_id),
-                    "sender": sender, "counts": delivery_counts_zero()})
+                entry = result.get(message_id)
+                if entry is None:
+                    entry = result[message_id] = {
+                        "conversation_id": None if conversation_id is None else sql.uuid_str(conversation_id),
+                        "sender": sender, "counts": delivery_counts_zero()}
                 entry["counts"][state] = n
-    return result
+    return {sql.uuid_str(message_id): entry for message_id, entry in result.items()}
 
 
 def delivery_status_for_user(*, user, message_ids: list[str]) -> dict[str, dict]:

@@ -307,7 +307,7 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
                            "RETURNING message_id", [state, reason, sql.dt_param(at), *params])
             changed.update(row[0] for row in cursor.fetchall())
     if changed:
-        dm_status_on_commit(message_ids=sorted(changed))
+        dm_status_on_commit(db_ids=list(changed))
 
 
 # --- send (§7) ---------------------------------------------------------------------
@@ -533,7 +533,7 @@ def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict
                 f"UPDATE dm_delivery_states SET state = {state}, at = %s WHERE device_id = %s AND state = 'pending' "
                 f"AND message_id IN ({sql.placeholders(len(acked_ids))})",
                 [*failed_ids, sql.dt_param(now), device.pk, *acked_ids])
-            dm_status_on_commit(message_ids=acked_ids)
+            dm_status_on_commit(db_ids=acked_ids)
         # One receipt per (conversation, sender device, key): a batch from one sender is usually one row.
         receipts = {(locked[mid][2], locked[mid][3], locked[mid][4]): locked[mid][5] for mid in
                     (sql.uuid_str(mid) for mid, has_wrap in acked if has_wrap) if mid not in failed_set}

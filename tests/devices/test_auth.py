@@ -208,7 +208,6 @@ def test_master_session_cannot_use_dms():
 def test_challenges_asked_in_a_keys_name_cannot_lock_it_out():
     """§3: no per-key limit; at most 5 outstanding per key, a new one replacing the oldest."""
     conf = server_settings_get()
-    conf.challenge_rate_per_key = 1  # no longer used (the field goes at the merge)
     conf.challenge_rate_per_ip = 1000
     conf.save()
     victim = Keys()

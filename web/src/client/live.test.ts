@@ -4,7 +4,7 @@ import "fake-indexeddb/auto";
 import { describe, expect, it } from "vitest";
 import { Startup, type Message } from "./index";
 
-const url = process.env.DECENTCOM_LIVE_URL;
+const url = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.DECENTCOM_LIVE_URL;
 let n = 0;
 const boot = (dbName = `live-${Date.now()}-${++n}`) => Startup.open({ serverUrl: url!, dbName });
 const texts = async (c: Awaited<ReturnType<Startup["unlock"]>>, cid: string) =>

@@ -1,0 +1,35 @@
+import { useEffect, useId, useRef, type ReactNode } from "react";
+
+/** A modal <dialog>: focus moves in, Escape closes (the browser's own `cancel`), focus returns. */
+export function Dialog(props: { title: string; onClose: () => void; children: ReactNode; wide?: boolean }) {
+  const ref = useRef<HTMLDialogElement>(null);
+  const titleId = useId();
+  useEffect(() => {
+    const dialog = ref.current;
+    const opener = document.activeElement as HTMLElement | null;
+    dialog?.showModal();
+    return () => {
+      dialog?.close();
+      opener?.focus?.();
+    };
+  }, []);
+  return (
+    <dialog
+      ref={ref}
+      className={props.wide ? "dialog dialog-wide" : "dialog"}
+      aria-labelledby={titleId}
+      onCancel={(e) => {
+        e.preventDefault();
+        props.onClose();
+      }}
+    >
+      <div className="dialog-head">
+        <h2 id={titleId}>{props.title}</h2>
+        <button type="button" className="icon-button" aria-label="Close" onClick={props.onClose}>
+          ×
+        </button>
+      </div>
+      {props.children}
+    </dialog>
+  );
+}

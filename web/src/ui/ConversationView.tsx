@@ -144,17 +144,6 @@ function MessageItem(props: { message: Message }) {
       </p>
       <div className="bubble"><p className="body">{m.body}</p></div>
       {m.warnings.map((w, i) => <p key={i} className="message-warning">⚠ {w}</p>)}
-      {m.unreachable && m.unreachable.length > 0 && (
-        <p className="message-warning">
-          Not sent to {m.unreachable.map((u) => client.displayName(u)).join(", ")}: no active device.
-        </p>
-      )}
-      {m.skipped && m.skipped.length > 0 && (
-        <p className="message-warning">
-          Skipped {plural(m.skipped.length, "device")}
-          {` (${[...new Set(m.skipped.map((s) => s.reason.replace(/_/g, " ")))].join(", ")})`}.
-        </p>
-      )}
       {ownHere && <DeliveryStatusView messageId={m.messageId} status={status} />}
     </article>
   );
@@ -264,7 +253,7 @@ function MessageComposer(props: { conversation: Conversation }) {
           <p>{retentionSentence(asking.next, null)}</p>
           <div className="actions">
             <button type="button" onClick={() => answer(false)}>Cancel</button>
-            <button type="button" className="primary" autoFocus onClick={() => answer(true)}>Send anyway</button>
+            <button type="button" className="primary" data-autofocus onClick={() => answer(true)}>Send anyway</button>
           </div>
         </Dialog>
       )}

@@ -105,7 +105,7 @@ function NewConversation(props: { onClose: () => void }) {
       <form onSubmit={submit}>
         <label className="field">
           Participants
-          <textarea value={participants} onChange={(e) => setParticipants(e.target.value)} rows={3} autoFocus
+          <textarea value={participants} onChange={(e) => setParticipants(e.target.value)} rows={3} data-autofocus
             spellCheck={false} aria-describedby="participants-hint" />
         </label>
         <p id="participants-hint" className="hint">

@@ -18,7 +18,7 @@ export function DevicesPage() {
     <div className="page-narrow">
       <h1 tabIndex={-1}>Devices</h1>
       <section className="card">
-        <LabelledValue label="Your user id" value={identity.userId} className="mono" />
+        <LabelledValue label="Your user id" value={identity.userId} className="value-mono" />
         <p className="hint">Give this id to people who want to write to you.</p>
       </section>
       <section className="card" aria-labelledby="devices-heading">
@@ -30,7 +30,7 @@ export function DevicesPage() {
       {identity.holdsMaster && <CertifyDevice />}
       <section className="card" aria-labelledby="this-heading">
         <h2 id="this-heading">This browser</h2>
-        <LabelledValue label="This device's key" value={identity.deviceId} className="mono" />
+        <LabelledValue label="This device's key" value={identity.deviceId} className="value-mono" />
         <p className="hint">
           {identity.holdsMaster
             ? "This browser holds your identity's master key: it can certify new devices and show your recovery phrase."
@@ -115,7 +115,7 @@ function RevokeDialog(props: { device: DeviceInfo; onClose: () => void }) {
       </p>
       <ErrorText text={error} />
       <div className="actions">
-        <button type="button" autoFocus onClick={props.onClose}>Cancel</button>
+        <button type="button" data-autofocus onClick={props.onClose}>Cancel</button>
         <button type="button" className="danger" disabled={busy} onClick={revoke}>Revoke</button>
       </div>
     </Dialog>
@@ -146,7 +146,7 @@ function CertifyDevice() {
       <form onSubmit={submit}>
         <label className="field">
           Device key to certify
-          <input value={deviceKey} onChange={(e) => setDeviceKey(e.target.value)} required className="mono" spellCheck={false} />
+          <input value={deviceKey} onChange={(e) => setDeviceKey(e.target.value)} required className="value-mono" spellCheck={false} />
         </label>
         <label className="field">
           Name for the new device
@@ -157,7 +157,7 @@ function CertifyDevice() {
           <button type="submit" className="primary" disabled={!deviceKey.trim()}>Certify</button>
         </div>
       </form>
-      {certificate && <LabelledValue label="Certificate" value={certificate} className="mono certificate" />}
+      {certificate && <LabelledValue label="Certificate" value={certificate} className="value-mono certificate" />}
     </section>
   );
 }

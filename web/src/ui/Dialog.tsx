@@ -1,6 +1,7 @@
 import { useEffect, useId, useRef, type ReactNode } from "react";
 
-/** A modal <dialog>: focus moves in, Escape closes (the browser's own `cancel`), focus returns. */
+/** A modal <dialog>: focus moves to its `data-autofocus` element (else its first field),
+ * Escape closes (the browser's own `cancel`), focus returns to where it was. */
 export function Dialog(props: { title: string; onClose: () => void; children: ReactNode; wide?: boolean }) {
   const ref = useRef<HTMLDialogElement>(null);
   const titleId = useId();
@@ -8,6 +9,7 @@ export function Dialog(props: { title: string; onClose: () => void; children: Re
     const dialog = ref.current;
     const opener = document.activeElement as HTMLElement | null;
     dialog?.showModal();
+    dialog?.querySelector<HTMLElement>("[data-autofocus], input, textarea, select")?.focus();
     return () => {
       dialog?.close();
       opener?.focus?.();

@@ -153,12 +153,12 @@ function LinkDevice(props: { boot: Startup; onReady: (client: DmClient) => void;
         On a device that holds your identity, certify this key: in another browser open <em>Devices</em> and use
         "Certify", or run <code>dmc device certify</code>. Then paste the certificate here.
       </p>
-      {deviceKey ? <LabelledValue label="Device key" value={deviceKey} className="mono" /> : <p>Making this browser's key…</p>}
+      {deviceKey ? <LabelledValue label="Device key" value={deviceKey} className="value-mono" /> : <p>Making this browser's key…</p>}
       <ErrorText text={keyError} />
       <label className="field">
         Certificate
         <textarea value={certificate} onChange={(e) => setCertificate(e.target.value)} rows={5} required
-          className="mono" spellCheck={false} placeholder='{"device": "…", "signature": "…", …}' />
+          className="value-mono" spellCheck={false} placeholder='{"device": "…", "signature": "…", …}' />
       </label>
       <ErrorText text={error} />
       <div className="actions">

@@ -61,7 +61,8 @@ export class AppStore {
     await Promise.all([
       this.track(this.loadConversations()),
       this.track(this.loadContacts()),
-      this.track(this.client.serverInfo().then((server) => this.set({ server }))),
+      // Limits are hints for the forms: without them the forms use safe defaults and the server decides.
+      this.client.serverInfo().then((server) => this.set({ server }), () => undefined),
     ]);
   }
 

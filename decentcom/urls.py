@@ -3,6 +3,8 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from dms.apis import ServerDescriptionApi
+
 urlpatterns = [
     # `/` is the web client's index.html (whitenoise, from web/dist); this page answers only without a build.
     path("", TemplateView.as_view(template_name="web_missing.html"), name="index"),
@@ -10,6 +12,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/server", ServerDescriptionApi.as_view(), name="server"),
     path("api/v1/", include("devices.urls")),
     path("api/v1/dms/", include("dms.urls")),
     path("api/v1/gateway/", include("gateway.urls")),

@@ -66,7 +66,9 @@ class Api:
             retry_after = _retry_after(response)
             if not isinstance(body, dict):
                 body = {"error": f"http_{response.status_code}"}
-            if response.status_code == 429 and retry_after is not None and retry_after <= MAX_RETRY_AFTER_S:
+            # A full mailbox (§7 check 11) does not drain by waiting: no retry, whatever Retry-After says.
+            if (response.status_code == 429 and retry_after is not None and retry_after <= MAX_RETRY_AFTER_S
+                    and body.get("error") != "mailbox_full"):
                 self.on_wait(str(body.get("error", "rate_limited")), retry_after)
                 time.sleep(retry_after)
                 continue

@@ -9,13 +9,15 @@ import datetime as dt
 import getpass
 import json
 import os
+import shutil
 import sys
+import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
 from decentcom import protocol
 from dmclient.api import ApiError, NetworkError
-from dmclient.client import Client, ClientError
+from dmclient.client import LONGEST_RETENTION_DAYS, Client, ClientError
 from dmclient.listener import Listener, Revoked
 from dmclient.store import StoreError
 
@@ -30,9 +32,59 @@ class CliError(Exception):
 
 
 # --- output ---------------------------------------------------------------------------------
+#
+# Everything from the server or a peer (bodies, names, ids, codes, details) is
+# untrusted: shown so that it can neither pass for a line of our own nor drive
+# the terminal. `--json` prints it exactly (JSON-escaped) instead.
+
+CONTINUATION = "  | "  # starts every further line of a multi-line body; no line of our own starts so
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})  # controls, invisible/bidi format, line breaks
+
+
+def visible(value: object) -> str:
+    """Untrusted text on one line: C0/C1 controls (ESC, CSI, OSC and BEL with
+    them, CR, LF), bidi overrides and isolates, zero-width and other invisible
+    characters are shown escaped (`\x1b`, `\u202e`) instead of acting."""
+    return "".join(ch if unicodedata.category(ch) not in _ESCAPED_CATEGORIES
+                   else ascii(ch)[1:-1] for ch in str(value))
+
+
+def body_text(body: object) -> str:
+    """An untrusted message body: each line made visible, and every line after
+    the first indented behind CONTINUATION, so a body cannot forge a line."""
+    return ("\n" + CONTINUATION).join(visible(line) for line in str(body).split("\n"))
+
+
+def _cells(ch: str) -> int:
+    """Terminal columns a (visible) character takes."""
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def fit(text: str, width: int) -> str:
+    """Lines wider than the terminal broken here, every further piece behind
+    CONTINUATION: the terminal's own wrap would start it at column 0, where
+    the tail of a long body could pass for a line of ours."""
+    out = []
+    for line in text.split("\n"):
+        piece, used = "", 0
+        for ch in line:
+            if used + _cells(ch) > width and piece.strip():
+                out.append(piece)
+                piece, used = CONTINUATION, len(CONTINUATION)
+            piece += ch
+            used += _cells(ch)
+        out.append(piece)
+    return "\n".join(out)
+
+
+def to_terminal(text: str) -> str:
+    return fit(text, shutil.get_terminal_size().columns) if sys.stdout.isatty() else text
+
 
 def short(value: str | None) -> str:
-    return "-" if value is None else value[:8]
+    return "-" if value is None else visible(value[:8])
 
 
 def local_time(unix_ms: int) -> str:
@@ -43,39 +95,44 @@ def retention_text(retention: dict | None) -> str:
     if not retention:
         return "-"
     if retention.get("policy") == "ttl":
-        return f"ttl {retention.get('ttl_days')}d"
-    return str(retention.get("policy"))
+        return visible(f"ttl {retention.get('ttl_days')}d")
+    return visible(retention.get("policy"))
 
 
 def item_text(item: dict, me: str | None) -> str:
     conv = f"[{short(item.get('conversation_id'))}]"
     if item.get("type") == "message":
         who = "me" if item["sender"] == me else short(item["sender"])
-        text = f"{conv} {local_time(item['sent_at'])} {who}/{short(item['sender_device'])} #{item['seq']}: {item['body']}"
-        return text + (f"\n    warning: {item['warning']}" if item.get("warning") else "")
+        text = (f"{conv} {local_time(item['sent_at'])} {who}/{short(item['sender_device'])} #{item['seq']}: "
+                f"{body_text(item['body'])}")
+        return text + (f"\n    warning: {visible(item['warning'])}" if item.get("warning") else "")
     if item.get("type") == "failed":
-        return (f"{conv} REJECTED message {item['message_id']} claiming to be from "
-                f"{short(item.get('claimed_sender'))}: {item['reason']} ({item['detail']})")
+        return (f"{conv} REJECTED message {visible(item['message_id'])} claiming to be from "
+                f"{short(item.get('claimed_sender'))}: {visible(item['reason'])} ({visible(item['detail'])})")
     kind = item.get("kind")
     if kind == "membership":
         parts = [f"added {', '.join(map(short, item['added']))}" if item["added"] else "",
                  f"removed {', '.join(map(short, item['removed']))}" if item["removed"] else ""]
         by = f" by {short(item['actor'])}" if item.get("actor") else ""
-        return f"{conv} * members {'; '.join(p for p in parts if p)}{by} (epoch {item['epoch']})"
+        return f"{conv} * members {'; '.join(p for p in parts if p)}{by} (epoch {visible(item['epoch'])})"
     if kind == "conversation":
-        return (f"{conv} * conversation ({item['conversation_kind']}) with {', '.join(map(short, item['participants']))}, "
-                f"retention {retention_text(item['retention'])}")
+        return (f"{conv} * conversation ({visible(item['conversation_kind'])}) with "
+                f"{', '.join(map(short, item['participants']))}, retention {retention_text(item['retention'])}")
+    if kind == "membership_refused":
+        return (f"{conv} ! WARNING the server showed this {visible(item['conversation_kind'])} conversation with "
+                f"{', '.join(map(short, item['participants']))} at epoch {visible(item['epoch'])}: "
+                f"{visible(item['detail'])}")
     if kind == "retention":
         by = f" by {short(item['actor'])}" if item.get("actor") else ""
         return f"{conv} * retention changed from {retention_text(item['old'])} to {retention_text(item['new'])}{by}"
     if kind == "membership_fork":
-        return f"{conv} ! WARNING epoch {item['epoch']}: {item['detail']}"
+        return f"{conv} ! WARNING epoch {visible(item['epoch'])}: {visible(item['detail'])}"
     if kind == "untrusted_device":
         return (f"! WARNING device {short(item['device_id'])} of {short(item['user_id'])} is not used: its "
-                f"certificate fails ({item['reason']})")
+                f"certificate fails ({visible(item['reason'])})")
     if kind in ("device_added", "device_revoked"):
-        return f"* your device {short(item['device_id'])} ({item['name']}) was {kind.split('_')[1]}"
-    return f"{conv} * {kind}: {json.dumps(item)}"
+        return f"* your device {short(item['device_id'])} ({visible(item['name'])}) was {kind.split('_')[1]}"
+    return f"{conv} * {visible(kind)}: {json.dumps(item)}"
 
 
 class Output:
@@ -87,16 +144,17 @@ class Output:
         if self.as_json:
             print(json.dumps(data, ensure_ascii=False), flush=True)
         elif text is not None:
-            print(text, flush=True)
+            print(to_terminal(text), flush=True)
 
     def item(self, item: dict) -> None:
         """A message, failure or event for the user, or (with "event") a listener status."""
         if self.as_json:
             print(json.dumps(item, ensure_ascii=False), flush=True)
         elif "event" not in item:
-            print(item_text(item, self.me), flush=True)
+            print(to_terminal(item_text(item, self.me)), flush=True)
         elif item["event"] != "synced":
-            print(f"-- {item['event']}: " + ", ".join(f"{k}={v}" for k, v in item.items() if k != "event"),
+            print(f"-- {visible(item['event'])}: " + ", ".join(f"{k}={visible(v)}" for k, v in item.items()
+                                                              if k != "event"),
                   file=sys.stderr, flush=True)
 
 
@@ -142,18 +200,35 @@ def home_of(args) -> Path:
 
 
 def open_client(args, out: Output) -> Client:
-    client = Client.open(home_of(args), passphrase(),
-                         on_wait=lambda code, s: notice(f"server says {code}: waiting {s} s as it asks (Retry-After)"))
+    client = Client.open(home_of(args), passphrase(), transport=args.transport,
+                         on_wait=lambda code, s: notice(f"server says {visible(code)}: waiting {s} s as it asks (Retry-After)"))
     out.me = client.user_id
     return client
 
 
-def retention_arg(args) -> dict | None:
-    if args.policy is None:
+def retention_arg(args, client: Client) -> dict | None:
+    """--policy/--ttl-days, checked against this client's bounds, which the
+    server's description (GET /server) may narrow for the message but never widen."""
+    if args.policy != "ttl":
         if args.ttl_days is not None:
             raise CliError("invalid_retention", "--ttl-days goes with --policy ttl")
-        return None
-    return {"policy": args.policy, "ttl_days": args.ttl_days}
+        return None if args.policy is None else {"policy": args.policy, "ttl_days": None}
+    high, whose = LONGEST_RETENTION_DAYS, "this client's longest"
+    server_max = ((client.server_info() or {}).get("retention") or {}).get("max_ttl_days")
+    if isinstance(server_max, int) and not isinstance(server_max, bool) and 1 <= server_max < high:
+        high, whose = server_max, "this server's max_ttl_days"
+    if args.ttl_days is None or not 1 <= args.ttl_days <= high:
+        raise CliError("invalid_retention", f"--policy ttl needs --ttl-days 1..{high} ({whose})",
+                       min_ttl_days=1, max_ttl_days=high)
+    return {"policy": "ttl", "ttl_days": args.ttl_days}
+
+
+def device_name(name: str) -> str:
+    """A --name that every server and client accepts (protocol.name_problem), checked before anything else."""
+    problem = protocol.name_problem(name)
+    if problem is not None:
+        raise CliError("invalid_name", f"--name {visible(name)!r}: {problem}")
+    return name
 
 
 def user_ids(values: list[str]) -> list[str]:
@@ -168,13 +243,14 @@ def user_ids(values: list[str]) -> list[str]:
 # --- commands ------------------------------------------------------------------------------------
 
 def cmd_init(args, out: Output) -> None:
+    device_name(args.name)
     client = Client.init(home_of(args), passphrase(confirm=True), server=args.server, name=args.name,
-                         join=args.join, expires_days=args.expires_days, register=False)
+                         join=args.join, expires_days=args.expires_days, register=False, transport=args.transport)
     if not args.join:
         try:
             client.login()  # registers the device
         except NetworkError as exc:
-            notice(f"warning: {exc}; the device registers at its first use")
+            notice(f"warning: {visible(exc)}; the device registers at its first use")
     me = client.whoami()
     if args.join:
         text = (f"device key created: {me['device_id']}\n"
@@ -182,17 +258,19 @@ def cmd_init(args, out: Output) -> None:
                 f"  python -m dmclient device certify {me['device_id']} --name {json.dumps(args.name)} > cert.json\n"
                 f"then here: python -m dmclient device import-cert cert.json")
     else:
-        text = f"user   {me['user_id']}\ndevice {me['device_id']} ({me['device_name']}) registered at {me['server']}"
+        text = (f"user   {me['user_id']}\ndevice {me['device_id']} ({visible(me['device_name'])}) registered at "
+                f"{me['server']}")
     out.result(me, text)
 
 
 def cmd_whoami(args, out: Output) -> None:
     me = open_client(args, out).whoami()
-    out.result(me, f"user   {me['user_id']}\ndevice {me['device_id']} ({me['device_name']})\nserver {me['server']}\n"
-                   f"master key in this store: {'yes' if me['has_master_key'] else 'no'}")
+    out.result(me, f"user   {me['user_id']}\ndevice {me['device_id']} ({visible(me['device_name'])})\n"
+                   f"server {me['server']}\nmaster key in this store: {'yes' if me['has_master_key'] else 'no'}")
 
 
 def cmd_device_add(args, out: Output) -> None:
+    device_name(args.name)
     client = open_client(args, out)
     # The new store's passphrase: $DMCLIENT_NEW_PASSPHRASE, else this store's, else asked.
     new_pass = os.environ.get("DMCLIENT_NEW_PASSPHRASE") or passphrase(
@@ -200,11 +278,12 @@ def cmd_device_add(args, out: Output) -> None:
     new = client.add_device(args.to, new_pass, name=args.name, expires_days=args.expires_days,
                             permissions=["manage_devices"] if args.manage_devices else [])
     me = new.whoami()
-    out.result(me, f"device {me['device_id']} ({me['device_name']}) registered; its store is {args.to}\n"
+    out.result(me, f"device {me['device_id']} ({visible(me['device_name'])}) registered; its store is {args.to}\n"
                    f"use it with: python -m dmclient --home {args.to} ...")
 
 
 def cmd_device_certify(args, out: Output) -> None:
+    device_name(args.name)
     cert = open_client(args, out).certify(args.device_id, name=args.name, expires_days=args.expires_days,
                                      permissions=["manage_devices"] if args.manage_devices else [])
     print(json.dumps(cert, ensure_ascii=False), flush=True)
@@ -217,7 +296,7 @@ def cmd_device_import(args, out: Output) -> None:
     except ValueError:
         raise CliError("invalid_certificate", "the file is not JSON") from None
     me = open_client(args, out).import_certificate(cert)
-    out.result(me, f"device {me['device_id']} ({me['device_name']}) of user {me['user_id']} registered")
+    out.result(me, f"device {me['device_id']} ({visible(me['device_name'])}) of user {me['user_id']} registered")
 
 
 def cmd_device_list(args, out: Output) -> None:
@@ -226,8 +305,9 @@ def cmd_device_list(args, out: Output) -> None:
     for d in devices:
         state = "revoked " + d["revoked_at"] if d["revoked_at"] else ("active" + (
             f", expires {d['expires_at']}" if d["expires_at"] else ""))
-        lines.append(f"{'*' if d['current'] else ' '} {d['device_id']}  {d['name']:<16} {state}; last seen "
-                     f"{d['last_seen_at'] or 'never'}; {d['pending_count']} pending"
+        lines.append(f"{'*' if d['current'] else ' '} {visible(d['device_id'])}  {visible(d['name']):<16} "
+                     f"{visible(state)}; last seen {visible(d['last_seen_at'] or 'never')}; "
+                     f"{visible(d['pending_count'])} pending"
                      + ("" if d["certificate_ok"] else "; CERTIFICATE DOES NOT VERIFY"))
     out.result({"devices": devices}, "\n".join(lines))
 
@@ -238,13 +318,16 @@ def cmd_device_revoke(args, out: Output) -> None:
 
 
 def conversation_text(c: dict) -> str:
-    return (f"{c['conversation_id']}  {c['kind']:<6} epoch {c['epoch']:<3} {retention_text(c['retention']):<13} "
+    return (f"{visible(c['conversation_id'])}  {visible(c['kind']):<6} epoch {visible(c['epoch']):<3} "
+            f"{retention_text(c['retention']):<13} "
             f"{', '.join(map(short, c['participants']))}")
 
 
 def cmd_dm_new(args, out: Output) -> None:
-    retention = retention_arg(args)
-    conversation, created = open_client(args, out).create_conversation(user_ids(args.users), retention=retention)
+    users = user_ids(args.users)
+    client = open_client(args, out)
+    retention = retention_arg(args, client)
+    conversation, created = client.create_conversation(users, retention=retention)
     if not created and retention is not None and retention != conversation["retention"]:
         notice(f"this direct conversation exists and keeps its retention {retention_text(conversation['retention'])};"
                " change it with `dm retention`")
@@ -271,13 +354,17 @@ def cmd_dm_send(args, out: Output) -> None:
 
     result = client.send(client.resolve(args.conversation), args.text, confirm_retention=confirm)
     for problem in result.untrusted_devices:
-        notice(f"warning: device {problem['device_id']} of {short(problem['user_id'])} was not used: its "
-               f"certificate fails ({problem['reason']})")
+        notice(f"warning: device {visible(problem['device_id'])} of {short(problem['user_id'])} was not used: its "
+               f"certificate fails ({visible(problem['reason'])})")
     if result.unreachable:
         notice(f"not delivered to {', '.join(map(short, result.unreachable))}: no active device")
-    out.result(asdict(result), f"sent {result.message_id} ({result.policy}, expires {result.expires_at or 'never'}) "
-                               f"to {result.recipients} device(s)"
-               + (f"; retried after: {', '.join(result.retries)}" if result.retries else ""))
+    for skipped in result.skipped:
+        reason = "mailbox full" if skipped["reason"] == "mailbox_full" else visible(skipped["reason"])
+        notice(f"not delivered to device {visible(skipped['device_id'])}"
+               + (f" of {short(skipped['user_id'])}" if skipped["user_id"] else "") + f", {reason}")
+    out.result(asdict(result), f"sent {result.message_id} ({visible(result.policy)}, expires "
+                               f"{visible(result.expires_at or 'never')}) to {visible(result.recipients)} device(s)"
+               + (f"; retried after: {visible(', '.join(result.retries))}" if result.retries else ""))
 
 
 def cmd_dm_read(args, out: Output) -> None:
@@ -315,9 +402,10 @@ def cmd_dm_history(args, out: Output) -> None:
     cid = client.resolve(args.conversation)
     if args.server:
         messages = client.server_history(cid, limit=args.limit)
-        text = "\n".join(f"{m['message_id']}  " + (f"{short(m['sender'])} #{m['seq']}: {m['body']} ({m['policy']}, "
-                         f"expires {m['expires_at'] or 'never'})" if "body" in m else f"cannot open: {m['error']}")
-                         for m in messages)
+        text = "\n".join(f"{visible(m['message_id'])}  " + (
+            f"{short(m['sender'])} #{m['seq']}: {body_text(m['body'])} ({visible(m['policy'])}, "
+            f"expires {visible(m['expires_at'] or 'never')})" if "body" in m else f"cannot open: {visible(m['error'])}")
+            for m in messages)
     else:
         messages = client.history(cid, limit=args.limit)
         text = "\n".join(item_text(m, client.user_id) for m in messages)
@@ -326,7 +414,7 @@ def cmd_dm_history(args, out: Output) -> None:
 
 def cmd_dm_retention(args, out: Output) -> None:
     client = open_client(args, out)
-    retention = retention_arg(args)
+    retention = retention_arg(args, client)
     if retention is None:
         raise CliError("invalid_retention", "--policy is required")
     conversation = client.set_retention(client.resolve(args.conversation), retention)
@@ -398,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def retention_options(p, required=False):
         p.add_argument("--policy", choices=POLICIES, required=required, help="retention policy")
-        p.add_argument("--ttl-days", type=int, help="days a message is kept (with --policy ttl)")
+        p.add_argument("--ttl-days", type=int, help=f"days a message is kept (with --policy ttl): 1..{LONGEST_RETENTION_DAYS}"
+                                                    ", or up to the server's max_ttl_days when lower")
 
     p = add(msub, "new", cmd_dm_new, "start a conversation: one user makes a direct one, more make a group")
     p.add_argument("users", nargs="+", metavar="USER_ID")
@@ -428,9 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, transport=None) -> int:
+    """`transport`: an httpx transport for every request (tests put the server in-process)."""
     args = build_parser().parse_args(argv)
     args.home, args.json = getattr(args, "home", None), getattr(args, "json", False)
+    args.transport = transport
     out = Output(args.json)
     try:
         args.func(args, out)
@@ -448,5 +539,6 @@ def fail(out: Output, code: str, detail: str, extra: dict) -> int:
     if out.as_json:
         print(json.dumps({"error": code, "detail": detail, **extra}, ensure_ascii=False), flush=True)
     else:
-        print(f"error: {code}: {detail}" + (f" {json.dumps(extra)}" if extra else ""), file=sys.stderr)
+        print(f"error: {visible(code)}: {visible(detail)}" + (f" {json.dumps(extra)}" if extra else ""),
+              file=sys.stderr)
     return 1

@@ -22,16 +22,21 @@ from dmclient.store import Store
 
 DAY_S = 86400
 TOKEN_MARGIN_S = 300
-# §6: ids are remembered for max(max_ttl_days, max_undelivered_days) + 7 days. The
-# server does not publish its limits; 30 is its default for both, and a
-# conversation's own ttl_days raises the window when longer.
-DEFAULT_RETENTION_DAYS = 30
-REPLAY_EXTRA_DAYS = 7
+# §6 "The replay window is the client's own": a constant, never taken from the
+# server or a conversation's (server-reported) retention, which an attacker
+# could inflate to have a purged message accepted again. It is the longest
+# retention this client sets or accepts, plus 7 days; ids of accepted messages
+# are remembered for that long (plus the day ahead a `sent_at` may be), and a
+# message whose `sent_at` is older is refused.
+LONGEST_RETENTION_DAYS = 365
+REPLAY_WINDOW_DAYS = LONGEST_RETENTION_DAYS + 7
+REPLAY_WINDOW_MS = REPLAY_WINDOW_DAYS * DAY_S * 1000
 FUTURE_SKEW_MS = DAY_S * 1000
 SEND_ATTEMPTS = 8
 NETWORK_BACKOFF_S = (0.5, 1, 2, 4, 8)
 WRAP_PROBE_S = 60
 SYNC_PAGE = 100
+CONVERSATION_PAGE = 100
 
 
 class ClientError(Exception):
@@ -111,6 +116,7 @@ class SendResult:
     unreachable: list[str]
     retries: list[str] = field(default_factory=list)
     untrusted_devices: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # devices not delivered to (v1.1 §7 check 11)
 
 
 @dataclass
@@ -132,6 +138,8 @@ class Client:
         self.api = Api(self.server, transport=transport, on_wait=on_wait)
         self._refreshed: set[str] | None = None  # conversations refreshed during one sync pass
         self.untrusted: list[dict] = []  # devices left out by `directory` since this client opened
+        self._server_info: dict | None = None
+        self._server_info_fetched = False
         self.purge_expired()
 
     # --- creating and opening stores ------------------------------------------------------
@@ -243,7 +251,8 @@ class Client:
             return certificate_issue(master, device_id=device_id, name=name,
                                      expires_at=expiry_from_days(expires_days), permissions=list(permissions))
         except protocol.ProtocolError as exc:
-            raise ClientError("invalid_certificate", exc.detail) from None
+            raise ClientError("invalid_name" if exc.code == "invalid_name" else "invalid_certificate",
+                              exc.detail) from None
 
     def import_certificate(self, cert: dict) -> dict:
         """Adopt a certificate for this device's key and log in, which registers it."""
@@ -342,10 +351,55 @@ class Client:
 
     # --- conversations (§5) ---------------------------------------------------------------------
 
+    def _refusal(self, old: sqlite3.Row | None, view: ConversationView, expected: set[str] | None) -> str | None:
+        """Why this view of a conversation cannot be true (§5, §6 "Membership a
+        client accepts"), or None. A direct conversation has its two
+        participants, and every conversation its kind, for ever."""
+        if view.kind not in ("direct", "group"):
+            return f"unknown kind {view.kind!r}"
+        if expected is not None and set(view.participants) != expected:
+            return "it does not have the participants asked for"
+        if view.kind == "direct" and (len(view.participants) != 2 or self.user_id not in view.participants):
+            return f"a direct conversation of {len(view.participants)} participants"
+        if old is None:
+            return None
+        if old["kind"] != view.kind:
+            return f"its kind changed from {old['kind']} to {view.kind}"
+        if view.kind == "direct" and json.loads(old["participants"]) != list(view.participants):
+            return "a direct conversation's participants never change"
+        return None
+
+    def _record_refusal(self, db: sqlite3.Connection, view: ConversationView, refusal: str) -> None:
+        self.store.event_add(db, conversation_id=view.conversation_id, kind="membership_refused", detail={
+            "epoch": view.epoch, "conversation_kind": view.kind, "participants": list(view.participants),
+            "detail": f"the server showed this conversation with other members or kind ({refusal}): refused, "
+                      "nothing is sent to them"})
+
+    def _refuse_named_participants(self, view: ConversationView, named: object) -> None:
+        """A `stale_epoch` answer names the participants (§7): for a direct
+        conversation they can only be its two, or the answer is a lie."""
+        if view.kind != "direct" or not isinstance(named, list) or sorted(map(str, named)) == list(view.participants):
+            return
+        refusal = "a direct conversation's participants never change"
+        lied = ConversationView(conversation_id=view.conversation_id, kind=view.kind,
+                                participants=tuple(sorted(map(str, named))), participants_sha256="",
+                                created_by=view.created_by, epoch=view.epoch, retention=view.retention)
+        with self.store.transaction() as db:
+            self._record_refusal(db, lied, refusal)
+        raise ClientError("membership_refused", f"conversation {view.conversation_id} refused: {refusal}",
+                          conversation_id=view.conversation_id, participants=list(lied.participants), kind=view.kind)
+
     def _apply_view(self, db: sqlite3.Connection, view: ConversationView, *, actor: str | None = None,
-                    accept_retention: bool = False) -> None:
-        """Record what the server says a conversation is now; tell the user what changed."""
+                    accept_retention: bool = False, expected: set[str] | None = None) -> str | None:
+        """Record what the server says a conversation is now; tell the user what
+        changed. A view that cannot be true is not recorded at all: the user is
+        warned, and the reason returned."""
         cid = view.conversation_id
+        old = db.execute("SELECT * FROM conversations WHERE conversation_id = ?", (cid,)).fetchone()
+        refusal = self._refusal(old, view, expected)
+        if refusal is not None:
+            self._record_refusal(db, view, refusal)
+            return refusal
         known = db.execute("SELECT participants_sha256 FROM conversation_epochs WHERE conversation_id = ? AND epoch = ?",
                            (cid, view.epoch)).fetchone()
         if known is None:
@@ -354,7 +408,6 @@ class Client:
         elif known[0] != view.participants_sha256:
             self.store.event_add(db, conversation_id=cid, kind="membership_fork", detail={
                 "epoch": view.epoch, "detail": "the server has shown two different memberships for this epoch"})
-        old = db.execute("SELECT * FROM conversations WHERE conversation_id = ?", (cid,)).fetchone()
         member = int(self.user_id in view.participants)
         if old is None:
             db.execute(
@@ -365,9 +418,9 @@ class Client:
             self.store.event_add(db, conversation_id=cid, kind="conversation", detail={
                 "conversation_kind": view.kind, "participants": list(view.participants), "created_by": view.created_by,
                 "retention": view.retention, "epoch": view.epoch})
-            return
+            return None
         if view.epoch < old["epoch"]:
-            return  # older news than what we hold
+            return None  # older news than what we hold
         before = set(json.loads(old["participants"]))
         added, removed = sorted(set(view.participants) - before), sorted(before - set(view.participants))
         if added or removed:
@@ -382,11 +435,18 @@ class Client:
             + (", retention_accepted = retention" if accept_retention else "") + " WHERE conversation_id = ?",
             (json.dumps(view.participants), view.participants_sha256, view.epoch, json.dumps(view.retention),
              member, cid))
+        return None
 
-    def _store_view(self, wire: dict, *, actor: str | None = None, accept_retention: bool = False) -> ConversationView:
+    def _store_view(self, wire: dict, *, actor: str | None = None, accept_retention: bool = False,
+                    expected: set[str] | None = None) -> ConversationView:
+        """The server's view, checked and recorded; `membership_refused` when it cannot be true."""
         view = ConversationView.from_wire(wire)
         with self.store.transaction() as db:
-            self._apply_view(db, view, actor=actor, accept_retention=accept_retention)
+            refusal = self._apply_view(db, view, actor=actor, accept_retention=accept_retention, expected=expected)
+        if refusal is not None:
+            raise ClientError("membership_refused", f"conversation {view.conversation_id} refused: {refusal}",
+                              conversation_id=view.conversation_id, participants=list(view.participants),
+                              kind=view.kind)
         return view
 
     def _local_view(self, conversation_id: str) -> sqlite3.Row | None:
@@ -420,9 +480,32 @@ class Client:
             raise ClientError("not_found", "no such conversation, or you are not a participant") from None
         return self._store_view(wire)
 
+    def _conversation_pages(self) -> list:
+        """Every page of GET /dms/conversations (v1.1 pages it; an older server sends one list)."""
+        wires, after = [], None
+        while True:
+            page = self.call("GET", "/dms/conversations",
+                             params={"limit": CONVERSATION_PAGE, **({"after": after} if after else {})})
+            wires += page["conversations"]
+            if not page.get("has_more") or not page.get("cursor") or page.get("cursor") == after:
+                return wires
+            after = page["cursor"]
+
     def conversations(self) -> list[dict]:
-        views = [self._store_view(w) for w in self.call("GET", "/dms/conversations")["conversations"]]
-        current = {v.conversation_id for v in views}
+        """Every conversation the server lists, checked; one refused (§6) keeps
+        our record of it and is shown as a warning, not as the server's version."""
+        views, current = [], set()
+        for wire in self._conversation_pages():
+            try:
+                views.append(self._store_view(wire))
+            except ClientError as exc:
+                if exc.code != "membership_refused":
+                    raise
+                current.add(exc.extra["conversation_id"])
+                row = self._local_view(exc.extra["conversation_id"])
+                if row is not None:
+                    views.append(ConversationView.from_row(row))
+        current |= {v.conversation_id for v in views}
         with self.store.transaction() as db:
             for row in db.execute("SELECT conversation_id, epoch FROM conversations WHERE member = 1").fetchall():
                 if row[0] not in current:
@@ -431,14 +514,28 @@ class Client:
                         "added": [], "removed": [self.user_id], "actor": None, "epoch": row[1]})
         return [v.wire() for v in views]
 
+    def server_info(self) -> dict | None:
+        """`GET /server` (§4): the server's description, or None from a server
+        without it. A hint for messages to the user, never a security input."""
+        if not self._server_info_fetched:
+            try:
+                info = self.api.request("GET", "/server", token="")
+            except ApiError:
+                info = None
+            self._server_info = info if isinstance(info, dict) else None
+            self._server_info_fetched = True
+        return self._server_info
+
     def create_conversation(self, user_ids: list[str], *, retention: dict | None = None) -> tuple[dict, bool]:
         body = {"participants": sorted(set(user_ids))}
         if retention is not None:
+            check_retention(retention)
             body["retention"] = retention
         status, wire = self.call("POST", "/dms/conversations", json=body, with_status=True)
-        return self._store_view(wire).wire(), status == 201
+        return self._store_view(wire, expected={*body["participants"], self.user_id}).wire(), status == 201
 
     def set_retention(self, conversation_id: str, retention: dict) -> dict:
+        check_retention(retention)
         wire = self.call("PATCH", f"/dms/conversations/{conversation_id}", json={"retention": retention})
         return self._store_view(wire, actor=self.user_id, accept_retention=True).wire()
 
@@ -545,6 +642,7 @@ class Client:
             except ApiError as exc:
                 retries.append(exc.code)
                 if exc.code == "stale_epoch":
+                    self._refuse_named_participants(view, exc.body.get("participants"))
                     view = self.conversation(conversation_id, refresh=True)
                     for user_id in view.participants:
                         self.directory(user_id, refresh=True)
@@ -552,6 +650,7 @@ class Client:
                 elif exc.code == "retention_changed":
                     new = exc.body.get("retention")
                     self.conversation(conversation_id, refresh=True)
+                    check_retention(new)  # beyond what this client accepts (its replay window): not sent
                     if confirm_retention is None or not confirm_retention(accepted, new):
                         raise ClientError("retention_changed", "the conversation's retention changed; not sent",
                                           retention=new, previous=accepted) from None
@@ -571,6 +670,9 @@ class Client:
                     for device_id in exc.body.get("devices", []):
                         if device_id in wraps:
                             wraps[device_id] = self._wrap(device_id, view, key)
+                elif exc.code == "mailbox_full":
+                    raise ClientError("mailbox_full", "every recipient device's mailbox is full; not sent",
+                                      devices=exc.body.get("devices", [])) from None
                 else:
                     raise
                 continue
@@ -579,8 +681,20 @@ class Client:
                 message_id=message_id, conversation_id=conversation_id, epoch=view.epoch, key_id=key_id, seq=seq,
                 created_at=answer["created_at"], expires_at=answer["expires_at"], policy=answer["policy"],
                 recipients=answer["recipients"], unreachable=answer["unreachable"], retries=retries,
-                untrusted_devices=[p for p in self.untrusted if p["user_id"] in view.participants])
+                untrusted_devices=[p for p in self.untrusted if p["user_id"] in view.participants],
+                skipped=self._skipped(answer.get("skipped")))
         raise ClientError("send_failed", f"gave up after {SEND_ATTEMPTS} attempts", retries=retries)
+
+    def _skipped(self, skipped: object) -> list[dict]:
+        """The send answer's `skipped` devices (absent from older servers), with the user each belongs to."""
+        out = []
+        for entry in skipped if isinstance(skipped, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("device_id"), str):
+                row = self.store.db.execute("SELECT user_id FROM directory WHERE device_id = ?",
+                                            (entry["device_id"],)).fetchone()
+                out.append({"device_id": entry["device_id"], "user_id": row[0] if row else None,
+                            "reason": str(entry.get("reason") or "mailbox_full")})
+        return out
 
     def _plan_wraps(self, view: ConversationView, key: bytes, key_id: str) -> tuple[dict, bool]:
         """device_id -> wrap, or None where the device holds the key already.
@@ -685,10 +799,19 @@ class Client:
                                     "WHERE conversation_id = ? AND epoch = ?", (conversation_id, epoch)).fetchone()
         return None if row is None else (json.loads(row[0]), row[1])
 
+    def _epoch_views(self, conversation_id: str) -> dict[int, set[str]]:
+        """Our own record of the conversation: its participants at each epoch this device saw."""
+        return {epoch: set(json.loads(participants)) for epoch, participants in self.store.db.execute(
+            "SELECT epoch, participants FROM conversation_epochs WHERE conversation_id = ?", (conversation_id,))}
+
     def _check_membership(self, m: crypto.Incoming) -> list[str]:
-        """The sender is a participant and `participants_sha256` is our view of
-        the conversation at the message's epoch; refresh once if not."""
+        """§6 "Receiving" and "Epochs a client accepts": the epoch is one the
+        conversation had, the sender was a participant in it, and
+        `participants_sha256` is our view of it; refresh once if not. Returns
+        the warnings to show with the message."""
         cid = m.conversation_id
+        if m.epoch < 1:
+            raise Rejected("bad_epoch", f"epoch {m.epoch}: a conversation's epochs start at 1")
         view = self._epoch_view(cid, m.epoch)
         good = view is not None and m.sender in view[0] and view[1] == m.participants_sha256
         if not good and (self._refreshed is None or cid not in self._refreshed):
@@ -697,8 +820,15 @@ class Client:
             try:
                 self.conversation(cid, refresh=True)
             except ClientError as exc:
-                raise Rejected("not_a_participant", exc.detail) from None
+                raise Rejected("membership_refused" if exc.code == "membership_refused" else "not_a_participant",
+                               exc.detail) from None
             view = self._epoch_view(cid, m.epoch)
+        row = self._local_view(cid)
+        if row is None or m.epoch > row["epoch"]:
+            raise Rejected("bad_epoch", f"epoch {m.epoch} is ahead of the conversation"
+                           + ("" if row is None else f" (epoch {row['epoch']})"))
+        seen = self._epoch_views(cid)
+        warnings = []
         if view is not None:
             if m.sender not in view[0]:
                 raise Rejected("not_a_participant", f"the sender is not a participant at epoch {m.epoch}")
@@ -710,18 +840,21 @@ class Client:
                                   "different members to different people"})
                 raise Rejected("participants_mismatch", "participants_sha256 differs from our view of the "
                                f"conversation at epoch {m.epoch}")
-            return []
-        row = self._local_view(cid)
-        if row is None or m.epoch > row["epoch"]:
-            raise Rejected("participants_mismatch", f"epoch {m.epoch} is ahead of the conversation")
-        ever = set()
-        for (participants,) in self.store.db.execute(
-                "SELECT participants FROM conversation_epochs WHERE conversation_id = ?", (cid,)):
-            ever.update(json.loads(participants))
-        if m.sender not in ever:
-            raise Rejected("not_a_participant", "the sender was never a participant that we know of")
-        # An epoch this device never saw (it was offline through it): its members cannot be checked.
-        return [f"participants of epoch {m.epoch} not verified (this device never saw that epoch)"]
+        else:
+            # An epoch this device never saw (it was offline through it): its members cannot be
+            # checked, so the sender must be a participant in the nearest epoch we saw before it or
+            # in the nearest one after it (the current one, or one we saw later).
+            before = max((e for e in seen if e < m.epoch), default=None)
+            after = min((e for e in seen if e > m.epoch), default=None)  # the current one, at least
+            if not any(e is not None and m.sender in seen[e] for e in (before, after)):
+                raise Rejected("not_a_participant", f"the sender was not a participant around epoch {m.epoch} "
+                               "as far as this device knows")
+            warnings.append(f"participants of epoch {m.epoch} not verified (this device never saw that epoch)")
+        removed_at = min((e for e, members in seen.items() if e > m.epoch and m.sender not in members), default=None)
+        if removed_at is not None:
+            # A removed member (with the server's help) can still label messages with an old epoch.
+            warnings.append(f"sent before the sender was removed (epoch {removed_at}): not a current message")
+        return warnings
 
     def _message_key(self, m: crypto.Incoming) -> bytes:
         if m.key_wrap is not None:
@@ -739,14 +872,9 @@ class Client:
         crypto.check_key_id(key, m)
         return key
 
-    def _replay_window_ms(self, conversation_id: str) -> int:
-        row = self._local_view(conversation_id)
-        ttl = (json.loads(row["retention"]).get("ttl_days") or 0) if row is not None else 0
-        return (max(DEFAULT_RETENTION_DAYS, ttl) + REPLAY_EXTRA_DAYS) * DAY_S * 1000
-
     def _check_time(self, m: crypto.Incoming, plaintext: dict, now: float) -> None:
         now_ms = int(now * 1000)
-        if plaintext["sent_at"] < now_ms - self._replay_window_ms(m.conversation_id):
+        if plaintext["sent_at"] < now_ms - REPLAY_WINDOW_MS:
             raise Rejected("too_old", "sent_at is older than the replay window")
         if plaintext["sent_at"] > now_ms + FUTURE_SKEW_MS:
             raise Rejected("from_the_future", "sent_at is more than a day ahead")
@@ -857,12 +985,24 @@ class Client:
 
     def purge_expired(self, *, now: float | None = None) -> None:
         """Keep no message longer than the server would: bodies go at `expires_at`;
-        the id stays for the replay window (§6), then goes too."""
+        the id stays for the replay window (§6), then goes too. The window counts
+        from when it was stored, plus the day ahead its `sent_at` may have been:
+        every copy that `_check_time` would still accept finds the id."""
         now = int(time.time() if now is None else now)
         with self.store.transaction() as db:
             db.execute("UPDATE messages SET sealed_body = NULL WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
-            db.execute("DELETE FROM messages WHERE sealed_body IS NULL AND stored_at + max(?, coalesce(expires_at - "
-                       "created_at, 0)) + ? < ?", (DEFAULT_RETENTION_DAYS * DAY_S, REPLAY_EXTRA_DAYS * DAY_S, now))
+            db.execute("DELETE FROM messages WHERE sealed_body IS NULL AND stored_at + ? < ?",
+                       ((REPLAY_WINDOW_MS + FUTURE_SKEW_MS) // 1000, now))
+
+
+def check_retention(retention: object) -> None:
+    """A retention this client accepts: ttl_days at most LONGEST_RETENTION_DAYS,
+    so its replay window covers every message (§6)."""
+    policy = retention.get("policy") if isinstance(retention, dict) else None
+    ttl_days = retention.get("ttl_days") if isinstance(retention, dict) else None
+    if policy == "ttl" and not (isinstance(ttl_days, int) and 1 <= ttl_days <= LONGEST_RETENTION_DAYS):
+        raise ClientError("invalid_retention", f"ttl_days must be 1..{LONGEST_RETENTION_DAYS}",
+                          min_ttl_days=1, max_ttl_days=LONGEST_RETENTION_DAYS)
 
 
 def rfc3339(seconds: int | None) -> str | None:

@@ -42,8 +42,6 @@ def certificate_issue(master: KeyPair, *, device_id: str, name: str, expires_at:
                       permissions: list[str] = (), issued_at: int | None = None) -> dict:
     """A wire certificate by which `master` authorizes `device_id` (§2)."""
     protocol.b58_key(device_id, what="device id")
-    if not 1 <= len(name) <= 64:
-        raise protocol.ProtocolError("a device name is 1-64 characters")
     unknown = sorted(set(permissions) - protocol.KNOWN_PERMISSIONS)
     if unknown:
         raise protocol.ProtocolError(f"unknown permissions {unknown}")

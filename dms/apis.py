@@ -1,17 +1,19 @@
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from decentcom import protocol
 from decentcom.errors import DEVICE_SESSION, JSON_BODY, ApiError, error_responses
 from decentcom.fields import B58KeyField
-from devices.apis import b58_path, is_key_id
+from devices.apis import b58_path, is_key_id, server_origin
 from dms import selectors, services
 from dms.selectors import conversation_participants_map
-from dms.serializers import (AckInput, AckOutput, ConversationOutput, MessagePageOutput, RetentionSerializer,
-                             SendInput, SendOutput, SyncInput, send_input_validate)
+from dms.serializers import (AckInput, AckOutput, ConversationOutput, DeliveryStatusOutput, MessagePageOutput,
+                             RetentionSerializer, SendInput, SendOutput, ServerDescriptionOutput, StatusInput,
+                             StatusOutput, SyncInput, send_input_validate)
 from dms.wire import conversation_wire
 
 
@@ -33,6 +35,18 @@ def _wire(conversation) -> dict:
     return conversation_wire(conversation, participants)
 
 
+class ServerDescriptionApi(APIView):
+    """§4: the server's description for clients; no authentication."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="server_description", responses={200: ServerDescriptionOutput})
+    def get(self, request):
+        return Response(selectors.server_description(
+            origin=server_origin(request), conf=selectors.server_settings_for_request(request)))
+
+
 class ConversationsApi(APIView):
     """GET: my conversations, latest activity first. POST: a direct conversation or a group."""
 
@@ -41,13 +55,21 @@ class ConversationsApi(APIView):
         participants = serializers.ListField(child=B58KeyField(), min_length=1, max_length=1000)
         retention = RetentionSerializer(required=False)
 
-    @extend_schema(operation_id="dms_conversations_list", responses={
-        200: inline_serializer("ConversationList", {"conversations": ConversationOutput(many=True)}),
-        **error_responses(*DEVICE_SESSION)})
+    class QuerySerializer(serializers.Serializer):
+        after = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=100)
+
+    @extend_schema(operation_id="dms_conversations_list", parameters=[QuerySerializer], responses={
+        200: inline_serializer("ConversationList", {
+            "conversations": ConversationOutput(many=True), "has_more": serializers.BooleanField(),
+            "cursor": serializers.CharField()}),
+        **error_responses(*DEVICE_SESSION, 400)})
     def get(self, request):
-        conversations = selectors.conversation_list_for_user(user=request.user)
-        participants = conversation_participants_map(conversation_ids=[c.id for c in conversations])
-        return Response({"conversations": [conversation_wire(c, participants[c.id]) for c in conversations]})
+        # A plain dict: DRF reads a blank form value as "not given", so `?limit=` would pass.
+        query = self.QuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        return Response(selectors.conversation_list_for_user(
+            user=request.user, limit=query.validated_data["limit"], after=query.validated_data.get("after")))
 
     @extend_schema(request=InputSerializer, responses={
         201: ConversationOutput, 200: ConversationOutput,
@@ -168,3 +190,36 @@ class DmAckApi(APIView):
                                         failed=data.validated_data["failed"]))
 
 
+
+
+STATUS_WHO = ("Only a device session of the message's sender's user (any of its devices) is answered; "
+              "for everyone else, recipients included, the message is unknown. It answers as long as the "
+              "server remembers the message_id: until 7 days after the message is gone. A state says what a "
+              "device did (fetched and ACKed the message), not that a person read it.")
+
+
+class DmMessageStatusApi(APIView):
+    @extend_schema(
+        operation_id="dms_message_status", description="Delivery status of one message (§7a). " + STATUS_WHO,
+        parameters=[OpenApiParameter("message_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                                     description="lower-case UUID")],
+        responses={200: DeliveryStatusOutput, **error_responses(*DEVICE_SESSION, 404)})
+    def get(self, request, message_id: str):
+        statuses = (selectors.delivery_status_for_user(user=request.user, message_ids=[message_id])
+                    if protocol.is_uuid(message_id) else {})
+        if message_id not in statuses:
+            raise ApiError(404, "not_found", "no such message")
+        return Response(statuses[message_id])
+
+
+class DmStatusApi(APIView):
+    @extend_schema(
+        operation_id="dms_status", description="Delivery status of up to 500 messages at once (§7a). " + STATUS_WHO,
+        request=StatusInput, responses={200: StatusOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY)})
+    def post(self, request):
+        data = StatusInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        requested = sorted(set(data.validated_data["message_ids"]))
+        statuses = selectors.delivery_status_for_user(user=request.user, message_ids=requested)
+        return Response({"statuses": [statuses[m] for m in requested if m in statuses],
+                         "unknown": [m for m in requested if m not in statuses]})

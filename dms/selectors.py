@@ -1,6 +1,7 @@
 import datetime as dt
 import functools
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
@@ -8,7 +9,11 @@ from django.utils import timezone
 from decentcom import protocol, sql
 from decentcom.errors import ApiError
 from decentcom.timefmt import rfc3339
-from dms.models import Conversation, ConversationMember, Delivery, PendingDm, Policy, ServerSettings
+from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, PendingDm, Policy,
+                        ServerSettings)
+from dms.wire import conversation_wire
+
+MAX_IDS_PER_STATEMENT = 10_000  # SQLite takes at most 32,766 parameters
 
 
 @functools.cache
@@ -27,6 +32,39 @@ def server_settings_get() -> ServerSettings:
     if row is None:
         return ServerSettings.objects.get_or_create(pk=1)[0]
     return rows.build(row)
+
+
+PROTOCOL_VERSION = "1.1"  # "1.2" once forward secrecy (§6b) is served
+
+
+def server_description(*, origin: str, conf: ServerSettings) -> dict:
+    """§4 `GET /api/v1/server`: what clients need not guess, from the admin's
+    settings as they are now. A hint for user interfaces, never a security input."""
+    scheme, host = origin.split("://", 1)
+    ttl_days = conf.default_ttl_days if conf.default_policy == Policy.TTL else None
+    return {
+        "protocol": PROTOCOL_VERSION,
+        "origin": origin,
+        "retention": {
+            "default": {"policy": conf.default_policy, "ttl_days": ttl_days},
+            "max_ttl_days": conf.max_ttl_days,
+            "permanent_allowed": conf.allow_permanent,
+            "max_undelivered_days": conf.max_undelivered_days,
+        },
+        "limits": {
+            "max_ciphertext_bytes": conf.max_ciphertext_bytes,
+            "max_participants": conf.max_participants,
+            "max_recipients_per_message": conf.max_recipients_per_message,
+            "max_devices_per_user": conf.max_devices_per_user,
+            "pending_quota": conf.pending_quota,
+            # the effective limit: the admin's, capped by the MAX_REQUEST_BYTES setting (decentcom.parsers)
+            "max_request_bytes": min(conf.max_request_bytes, settings.DATA_UPLOAD_MAX_MEMORY_SIZE),
+        },
+        "gateway": {
+            "url": f"{'wss' if scheme == 'https' else 'ws'}://{host}/api/v1/gateway",
+            "heartbeat_interval_ms": settings.GATEWAY_HEARTBEAT_INTERVAL_MS,
+        },
+    }
 
 
 def server_settings_for_request(request) -> ServerSettings:
@@ -55,9 +93,30 @@ def conversation_get_for_user(*, conversation_id, user) -> Conversation | None:
             .filter(id=conversation_id, members__user=user).first())
 
 
-def conversation_list_for_user(*, user) -> list[Conversation]:
-    return list(Conversation.objects.select_related("created_by").filter(members__user=user)
-                .order_by("-last_activity_at", "-id"))
+def conversation_list_for_user(*, user, limit: int, after: str | None) -> dict:
+    """§5: the user's conversations, latest activity first, paged like sync."""
+    conversations = Conversation.objects.select_related("created_by").filter(members__user=user)
+    if after:
+        at, conversation_id = _decode_time_id_cursor(after)
+        conversations = conversations.filter(
+            Q(last_activity_at__lt=at) | Q(last_activity_at=at, id__lt=conversation_id))
+    rows = list(conversations.order_by("-last_activity_at", "-id")[:limit + 1])
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    participants = conversation_participants_map(conversation_ids=[c.id for c in rows])
+    return {
+        "conversations": [conversation_wire(c, participants[c.id]) for c in rows], "has_more": has_more,
+        "cursor": _encode_cursor(rows[-1].last_activity_at.isoformat(), rows[-1].id) if rows else (after or ""),
+    }
+
+
+# Cursors are opaque to clients: base64 of "|"-joined parts. Anything else, or a value out of the
+# database's range (SQLite refuses integers past 64 bits with OverflowError), is not one we gave.
+_MAX_ID = 2 ** 63 - 1
+
+
+def _invalid_cursor() -> ApiError:
+    return ApiError(400, "invalid_cursor", "cursor is not one this server gave")
 
 
 def _encode_cursor(*parts) -> str:
@@ -70,8 +129,30 @@ def _decode_cursor(cursor: str, n: int) -> list[str]:
     except (protocol.ProtocolError, UnicodeDecodeError):
         parts = []
     if len(parts) != n:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this server gave")
+        raise _invalid_cursor()
     return parts
+
+
+def _decode_id_cursor(cursor: str) -> int:
+    """A row id: plain ASCII digits, within a 64-bit signed integer."""
+    (value,) = _decode_cursor(cursor, 1)
+    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= _MAX_ID):
+        raise _invalid_cursor()
+    return int(value)
+
+
+def _decode_time_id_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """An aware time that is still a valid UTC datetime, and a UUID."""
+    created, row_id = _decode_cursor(cursor, 2)
+    try:
+        at = dt.datetime.fromisoformat(created)
+        if at.tzinfo is None:
+            raise ValueError("naive")
+        at = at.astimezone(dt.timezone.utc)
+        protocol.parse_uuid(row_id)
+    except (ValueError, OverflowError, protocol.ProtocolError):
+        raise _invalid_cursor() from None
+    return at, row_id
 
 
 def message_wire(message: PendingDm, *, wrap: dict | None) -> dict:
@@ -99,10 +180,7 @@ def dm_list_pending_for_device(*, device, limit: int, after: str | None, conf: S
     """Sync (§7): the device's pending, unexpired deliveries, oldest first.
     One hand-written query whatever the page size (decentcom.sql): the ORM
     spent more time building 500 rows of three models than the database did."""
-    try:
-        after_id = int(_decode_cursor(after, 1)[0]) if after else 0
-    except ValueError:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this server gave") from None
+    after_id = _decode_id_cursor(after) if after else 0
     now = timezone.now()
     conf = conf or server_settings_get()
     with connection.cursor() as cursor:
@@ -157,12 +235,7 @@ def dm_list_history(*, conversation: Conversation, device, limit: int, before: s
                           my_wrapped_key=Subquery(mine.values("wrapped_key")[:1]))
                 .select_related("sender_device", "sender_device__user"))
     if before:
-        created, message_id = _decode_cursor(before, 2)
-        try:
-            created_at = dt.datetime.fromisoformat(created)
-            protocol.parse_uuid(message_id)
-        except (ValueError, protocol.ProtocolError):
-            raise ApiError(400, "invalid_cursor", "cursor is not one this server gave") from None
+        created_at, message_id = _decode_time_id_cursor(before)
         messages = messages.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, message_id__lt=message_id))
     rows = list(messages.order_by("-created_at", "-message_id")[:limit + 1])
     has_more = len(rows) > limit
@@ -181,3 +254,76 @@ def pending_count_for_device(*, device) -> int:
     return (Delivery.objects.filter(device=device, acked_at__isnull=True,
                                     created_at__gt=now - dt.timedelta(days=conf.max_undelivered_days))
             .filter(Q(message__expires_at__isnull=True) | Q(message__expires_at__gt=now)).count())
+
+
+# --- delivery status (§7a) ------------------------------------------------------------
+
+_STATES = tuple(DeliveryState.State.values)  # read once: an enum's `values` is rebuilt at each access
+
+
+def delivery_counts_zero() -> dict[str, int]:
+    return dict.fromkeys(_STATES, 0)
+
+
+def delivery_counts_for_messages(*, db_ids: list) -> dict[str, dict]:
+    """message id -> {"conversation_id", "sender" (user id), "counts"}, for
+    DM_STATUS: one query per 10,000 ids, given as the database returns them
+    (`sql.uuid_param` values: no conversion on the ACK's hot path).
+    Messages without states are left out."""
+    result: dict[str, dict] = {}
+    with connection.cursor() as cursor:
+        for start in range(0, len(db_ids), MAX_IDS_PER_STATEMENT):
+            ids = db_ids[start:start + MAX_IDS_PER_STATEMENT]
+            cursor.execute(
+                "SELECT s.message_id, u.conversation_id, su.username, s.state, COUNT(*) FROM dm_delivery_states s "
+                "JOIN dm_used_message_ids u ON u.message_id = s.message_id "
+                "JOIN devices sd ON sd.id = u.sender_device_id JOIN users su ON su.id = sd.user_id "
+                f"WHERE s.message_id IN ({sql.placeholders(len(ids))}) "
+                "GROUP BY s.message_id, u.conversation_id, su.username, s.state", ids)
+            for message_id, conversation_id, sender, state, n in cursor.fetchall():
+                entry = result.get(message_id)
+                if entry is None:
+                    entry = result[message_id] = {
+                        "conversation_id": None if conversation_id is None else sql.uuid_str(conversation_id),
+                        "sender": sender, "counts": delivery_counts_zero()}
+                entry["counts"][state] = n
+    return {sql.uuid_str(message_id): entry for message_id, entry in result.items()}
+
+
+def delivery_status_for_user(*, user, message_ids: list[str]) -> dict[str, dict]:
+    """§7a: message id -> its status, for the messages among `message_ids`
+    that a device of `user` sent and whose id the server still remembers;
+    the others are left out (unknown to the caller, recipients included).
+    One query whatever the number of messages and devices."""
+    if not message_ids:
+        return {}
+    ids = [sql.uuid_param(m) for m in message_ids]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT u.message_id, u.conversation_id, u.response, d.device_id, du.username, s.state, s.reason, s.at "
+            "FROM dm_used_message_ids u JOIN devices sd ON sd.id = u.sender_device_id "
+            "LEFT JOIN dm_delivery_states s ON s.message_id = u.message_id "
+            "LEFT JOIN devices d ON d.id = s.device_id LEFT JOIN users du ON du.id = d.user_id "
+            f"WHERE sd.user_id = %s AND u.message_id IN ({sql.placeholders(len(ids))})", [user.pk, *ids])
+        rows = cursor.fetchall()
+    statuses: dict[str, dict] = {}
+    for message_id, conversation_id, response, device_id, user_id, state, reason, at in rows:
+        message_id = sql.uuid_str(message_id)
+        status = statuses.get(message_id)
+        if status is None:
+            first = sql.json_value(response)  # the send's first answer: policy and times as the sender got them
+            status = statuses[message_id] = {
+                "message_id": message_id,
+                "conversation_id": None if conversation_id is None else sql.uuid_str(conversation_id),
+                "policy": first["policy"], "created_at": first["created_at"], "expires_at": first["expires_at"],
+                "devices": [], "counts": delivery_counts_zero()}
+        if state is None:
+            continue  # a message stored for no device
+        entry = {"device_id": device_id, "user_id": user_id, "state": state, "at": sql.rfc3339_value(sql.dt_value(at))}
+        if reason is not None:
+            entry["reason"] = reason
+        status["devices"].append(entry)
+        status["counts"][state] += 1
+    for status in statuses.values():
+        status["devices"].sort(key=lambda entry: entry["device_id"])
+    return statuses

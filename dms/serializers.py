@@ -3,10 +3,11 @@ from rest_framework import serializers
 from decentcom import protocol
 from decentcom.fields import B58KeyField, B64Field, StrictCharField, StrictIntegerField, UuidField
 from devices.selectors import device_public_key
-from dms.models import Policy
+from dms.models import DeliveryState, Policy
 
 MAX_RECIPIENTS = 1000
 MAX_ACK_IDS = 500
+MAX_STATUS_IDS = 500
 
 
 class RetentionSerializer(serializers.Serializer):
@@ -139,13 +140,19 @@ def send_input_validate(data) -> dict:
     return serializer.validated_data
 
 
+class SkippedDeviceOutput(serializers.Serializer):
+    device_id = serializers.CharField()
+    reason = serializers.ChoiceField(choices=["mailbox_full"])
+
+
 class SendOutput(serializers.Serializer):
     message_id = serializers.UUIDField()
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
     policy = serializers.ChoiceField(choices=Policy.values)
-    recipients = serializers.IntegerField()
+    recipients = serializers.IntegerField(help_text="deliveries stored")
     unreachable = serializers.ListField(child=serializers.CharField())
+    skipped = SkippedDeviceOutput(many=True, help_text="recipient devices at their pending quota: not delivered")
 
 
 class SyncInput(serializers.Serializer):
@@ -166,4 +173,73 @@ class AckInput(serializers.Serializer):
 
 class AckOutput(serializers.Serializer):
     acked = serializers.ListField(child=serializers.UUIDField())
+    unknown = serializers.ListField(child=serializers.UUIDField())
+
+
+
+class ServerRetentionOutput(serializers.Serializer):
+    default = RetentionSerializer()
+    max_ttl_days = serializers.IntegerField()
+    permanent_allowed = serializers.BooleanField()
+    max_undelivered_days = serializers.IntegerField()
+
+
+class ServerLimitsOutput(serializers.Serializer):
+    max_ciphertext_bytes = serializers.IntegerField()
+    max_participants = serializers.IntegerField()
+    max_recipients_per_message = serializers.IntegerField()
+    max_devices_per_user = serializers.IntegerField()
+    pending_quota = serializers.IntegerField(help_text="pending deliveries per device")
+    max_request_bytes = serializers.IntegerField(help_text="request bodies over this are refused with 413")
+
+
+class ServerGatewayOutput(serializers.Serializer):
+    url = serializers.CharField(help_text="ws(s)://…/api/v1/gateway")
+    heartbeat_interval_ms = serializers.IntegerField()
+
+
+class ServerDescriptionOutput(serializers.Serializer):
+    """§4 `GET /api/v1/server`."""
+
+    protocol = serializers.CharField(help_text="the protocol version served")
+    origin = serializers.CharField(help_text="the origin clients sign at login (§3)")
+    retention = ServerRetentionOutput()
+    limits = ServerLimitsOutput()
+    gateway = ServerGatewayOutput()
+
+
+class DeliveryStateOutput(serializers.Serializer):
+    device_id = serializers.CharField()
+    user_id = serializers.CharField()
+    state = serializers.ChoiceField(choices=DeliveryState.State.values)
+    at = serializers.DateTimeField(allow_null=True, help_text="when the final state happened; null while pending")
+    reason = serializers.ChoiceField(choices=["revoked", "removed", "mailbox_full"], required=False,
+                                     help_text="for dropped (revoked, removed) and skipped (mailbox_full)")
+
+
+class DeliveryCountsOutput(serializers.Serializer):
+    pending = serializers.IntegerField()
+    delivered = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    expired = serializers.IntegerField()
+    dropped = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+
+
+class DeliveryStatusOutput(serializers.Serializer):
+    message_id = serializers.UUIDField()
+    conversation_id = serializers.UUIDField(allow_null=True)
+    policy = serializers.ChoiceField(choices=Policy.values)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    devices = DeliveryStateOutput(many=True, help_text="sorted by device_id")
+    counts = DeliveryCountsOutput()
+
+
+class StatusInput(serializers.Serializer):
+    message_ids = serializers.ListField(child=UuidField(), max_length=MAX_STATUS_IDS)
+
+
+class StatusOutput(serializers.Serializer):
+    statuses = DeliveryStatusOutput(many=True)
     unknown = serializers.ListField(child=serializers.UUIDField())

@@ -45,14 +45,41 @@ def inproc(db):
     request_finished.connect(close_old_connections)
 
 
+class LyingServer(httpx.BaseTransport):
+    """The real server with a liar in front: `rewrite(request, forward)` may
+    answer a request itself or change the real answer (`forward(request)`);
+    returning None passes it through. Every request is kept in `requests`."""
+
+    def __init__(self, transport: httpx.BaseTransport):
+        self.transport = transport
+        self.rewrite = None
+        self.requests: list[httpx.Request] = []
+
+    def forward(self, request: httpx.Request) -> httpx.Response:
+        response = self.transport.handle_request(request)
+        response.read()
+        return response
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.rewrite(request, self.forward) if self.rewrite is not None else None
+        return self.forward(request) if answer is None else answer
+
+
+@pytest.fixture
+def lying(inproc) -> LyingServer:
+    return LyingServer(inproc.transport)
+
+
 @pytest.fixture
 def new_client(inproc, tmp_path):
-    """A fresh user with one device (its store in tmp_path), registered on `inproc`."""
+    """A fresh user with one device (its store in tmp_path), registered on `inproc`
+    (or through `transport`, e.g. a `LyingServer` in front of it)."""
     clients = []
 
-    def make(name: str = "device") -> Client:
+    def make(name: str = "device", transport: httpx.BaseTransport | None = None) -> Client:
         client = Client.init(tmp_path / f"{name}-{uuid.uuid4().hex[:6]}", PASSPHRASE, server=inproc.url,
-                             name=name, kdf="min", transport=inproc.transport)
+                             name=name, kdf="min", transport=transport or inproc.transport)
         clients.append(client)
         return client
 

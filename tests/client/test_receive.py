@@ -15,7 +15,8 @@ from django.utils import timezone
 from decentcom import protocol
 from devices.models import Device
 from dmclient import crypto
-from dms.models import Delivery, KeyReceipt, PendingDm
+from dmclient.client import REPLAY_WINDOW_DAYS
+from dms.models import Conversation, Delivery, KeyReceipt, PendingDm
 
 MALLORY_TEXT = "forged text that must never be shown"
 
@@ -185,10 +186,27 @@ def test_no_wrap_and_no_stored_key(pair):
 
 def test_sent_at_outside_the_replay_window(pair):
     alice, bob, conversation = pair
-    old = forge(alice, conversation, bob, sent_at=int((time.time() - 38 * 86400) * 1000))
+    old = forge(alice, conversation, bob, sent_at=int((time.time() - (REPLAY_WINDOW_DAYS + 1) * 86400) * 1000))
     assert_rejected(bob, old, "too_old")
     ahead = forge(alice, conversation, bob, sent_at=int((time.time() + 2 * 86400) * 1000), seq=2)
     assert_rejected(bob, ahead, "from_the_future")
+
+
+def test_a_forged_long_retention_does_not_widen_the_replay_window(pair):
+    """§6: the window is the client's constant. The server claims a ttl of 10 years
+    for the conversation; a message older than the window is still refused."""
+    alice, bob, conversation = pair
+    cid = conversation["conversation_id"]
+    Conversation.objects.filter(id=cid).update(retention_policy="ttl", retention_ttl_days=3650)
+    bob.conversation(cid, refresh=True)
+    assert bob.conversation(cid).retention == {"policy": "ttl", "ttl_days": 3650}
+    old = forge(alice, {**conversation, "retention": {"policy": "ttl", "ttl_days": 3650}}, bob,
+                sent_at=int((time.time() - (REPLAY_WINDOW_DAYS + 1) * 86400) * 1000), via_api=False)
+    assert_rejected(bob, old, "too_old")
+    # just inside the window it is accepted: the bound is the constant, not less
+    inside = forge(alice, conversation, bob, sent_at=int((time.time() - (REPLAY_WINDOW_DAYS - 1) * 86400) * 1000),
+                   seq=2, via_api=False)
+    assert bob.sync().accepted == 1 and bob.history(cid)[-1]["message_id"] == inside
 
 
 def test_malformed_message(pair):
@@ -253,3 +271,59 @@ def test_storage_failure_means_no_ack_and_the_message_comes_again(pair):
     assert bob.sync().accepted == 1
     assert delivery(sent.message_id, bob).acked_at is not None
     assert [m["body"] for m in bob.history(conversation["conversation_id"])] == ["hello bob"]
+
+
+def test_epochs_the_conversation_never_had_are_rejected(pair):
+    """§6 "Epochs a client accepts": below 1, or above the current one after a refresh."""
+    alice, bob, conversation = pair
+    zero = forge(alice, {**conversation, "epoch": 0}, bob, via_api=False)
+    assert_rejected(bob, zero, "bad_epoch")
+    ahead = forge(alice, {**conversation, "epoch": conversation["epoch"] + 1}, bob, seq=2, via_api=False)
+    assert_rejected(bob, ahead, "bad_epoch")
+
+
+@pytest.fixture
+def group_of_three(new_client):
+    alice, bob, carol, dave = (new_client(n) for n in ("alice", "bob", "carol", "dave"))
+    group, _ = alice.create_conversation([bob.user_id, carol.user_id])
+    bob.conversations()  # bob sees epoch 1
+    return alice, bob, carol, dave, group
+
+
+def test_a_removed_member_is_shown_as_sent_before_the_removal(group_of_three):
+    alice, bob, carol, dave, group = group_of_three
+    cid = group["conversation_id"]
+    alice.remove_participant(cid, carol.user_id)
+    bob.conversations()  # epoch 2, without carol
+    # the server helps carol post with the epoch in which she was a member
+    forge(carol, group, bob, text="from the past", via_api=False)
+    assert bob.sync().accepted == 1
+    [message] = [i for i in bob.take_unshown() if i["type"] == "message"]
+    assert message["body"] == "from the past"
+    assert message["warning"] == "sent before the sender was removed (epoch 2): not a current message"
+    # in the epoch after her removal she is no participant at all
+    now = bob.conversation(cid)
+    message_id = forge(carol, {**group, "epoch": now.epoch, "participants_sha256": now.participants_sha256}, bob,
+                       seq=2, via_api=False)
+    assert (bob.sync().failed, bob.failures()[-1]["message_id"], bob.failures()[-1]["reason"]) == (
+        1, message_id, "not_a_participant")
+
+
+def test_an_unseen_epoch_needs_the_sender_around_it(group_of_three):
+    """Bob saw epochs 1, 2 (carol removed) and 4, not 3. Carol claims epoch 3:
+    she was in the conversation neither just before it nor after it."""
+    alice, bob, carol, dave, group = group_of_three
+    cid = group["conversation_id"]
+    alice.remove_participant(cid, carol.user_id)
+    bob.conversations()
+    alice.add_participants(cid, [dave.user_id])
+    alice.remove_participant(cid, dave.user_id)
+    bob.conversations()
+    assert sorted(bob._epoch_views(cid)) == [1, 2, 4]
+    message_id = forge(carol, {**group, "epoch": 3}, bob, via_api=False)
+    assert_rejected(bob, message_id, "not_a_participant")
+    # alice, a participant throughout, is accepted for it, with the warning that it was not seen
+    forge(alice, {**group, "epoch": 3}, bob, text="alice in epoch 3", via_api=False)
+    assert bob.sync().accepted == 1
+    [message] = [i for i in bob.take_unshown() if i["type"] == "message"]
+    assert message["warning"] == "participants of epoch 3 not verified (this device never saw that epoch)"

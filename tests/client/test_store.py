@@ -7,6 +7,7 @@ import nacl.pwhash
 import pytest
 
 from dmclient import Client
+from dmclient.client import REPLAY_WINDOW_DAYS
 from dmclient.store import STORE_FILE, Store, StoreError
 from tests.client.conftest import PASSPHRASE
 
@@ -91,7 +92,11 @@ def test_local_copy_goes_at_expiry_and_the_id_after_the_replay_window(new_client
     bob.purge_expired(now=row["expires_at"])
     assert bob.history(cid) == []
     assert bob.store.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1  # still remembered
-    bob.purge_expired(now=row["expires_at"] + 38 * 86400)
+    # the id is remembered for the client's replay window (plus the day a sent_at may be ahead), from storing
+    stored_at = bob.store.db.execute("SELECT stored_at FROM messages").fetchone()[0]
+    bob.purge_expired(now=stored_at + (REPLAY_WINDOW_DAYS + 1) * 86400)
+    assert bob.store.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    bob.purge_expired(now=stored_at + (REPLAY_WINDOW_DAYS + 1) * 86400 + 1)
     assert bob.store.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
 
 

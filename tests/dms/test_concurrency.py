@@ -121,3 +121,30 @@ def test_send_never_commits_against_an_ended_epoch():
         assert new_device.pk not in devices
         assert PendingDm.objects.get(message_id=message_id).epoch == 1
     assert {str(m) for m in stored} == {b["message_id"] for b, r in zip(bodies, responses) if r.status_code == 201}
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_racing_joins_never_pass_the_conversation_limit(round_):
+    """Issue 10 point 12: creates and adds that would each take carol to the limit, at once, with her own
+    device registration (user row, then conversation rows) in the mix: one join wins, nothing deadlocks."""
+    from dms.models import ConversationMember
+    from dms.selectors import server_settings_get
+
+    carol = make_person(1)
+    others = [make_person(1) for _ in range(6)]
+    create_conversation(others[0].device, [carol.id])  # carol is in 1 of 2
+    conf = server_settings_get()
+    conf.max_conversations_per_user = 2
+    conf.save()
+    groups = [create_conversation(o.device, [others[5].id, others[4].id]) for o in others[:2]]
+    url = "/api/v1/dms/conversations"
+    joins = [*(lambda o=o: o.device.client.post(url, {"participants": [carol.id, others[5].id]}, format="json")
+               for o in others[2:5]),
+             *(lambda o=o, g=g: o.device.client.post(f"{url}/{g['conversation_id']}/participants",
+                                                    {"add": [carol.id]}, format="json")
+               for o, g in zip(others[:2], groups))]
+    results = run_together([*joins, lambda: carol.add_device("new")])
+    statuses = sorted(r.status_code for r in results[:-1])
+    assert statuses == [200 if any(r.status_code == 200 for r in results[3:5]) else 201, 409, 409, 409, 409]
+    assert all(r.json()["error"] == "conversation_limit_reached" for r in results[:-1] if r.status_code == 409)
+    assert ConversationMember.objects.filter(user__username=carol.id).count() == 2

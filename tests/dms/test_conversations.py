@@ -171,3 +171,72 @@ def test_master_session_is_refused_on_every_dm_endpoint():
                         ("post", "/api/v1/dms/sync"), ("post", "/api/v1/dms/ack")]:
         response = getattr(client, method)(url, {}, format="json")
         assert response.status_code == 403 and response.json()["error"] == "device_session_required", url
+
+
+def _limit(n: int) -> None:
+    conf = server_settings_get()
+    conf.max_conversations_per_user = n
+    conf.save()
+
+
+def test_conversation_limit_binds_every_participant_whoever_added_them():
+    """Issue 10 point 12: strangers could add a user to any number of conversations."""
+    alice, bob, carol, dave, erin = (make_person(1) for _ in range(5))
+    _limit(2)
+    direct = create_conversation(alice.device, [carol.id], expect=201)
+    group = create_conversation(bob.device, [dave.id, erin.id], expect=201)
+    create_conversation(bob.device, [carol.id, erin.id], expect=201)  # carol is now in 2
+    for participants in ([carol.id, alice.id], [carol.id]):  # a new group, a new direct conversation
+        response = dave.device.client.post("/api/v1/dms/conversations", {"participants": participants},
+                                           format="json")
+        assert response.status_code == 409, response.content
+        assert response.json()["error"] == "conversation_limit_reached"
+        assert response.json()["users"] == [carol.id]
+    # adding her to an existing group
+    url = f"/api/v1/dms/conversations/{group['conversation_id']}/participants"
+    response = bob.device.client.post(url, {"add": [carol.id, alice.id]}, format="json")
+    assert response.status_code == 409 and response.json()["users"] == [carol.id]
+    assert carol.id not in bob.device.client.get(url[:-len("/participants")]).json()["participants"]
+    assert alice.id not in bob.device.client.get(url[:-len("/participants")]).json()["participants"]
+    # the existing direct conversation is still found, and others still join
+    assert create_conversation(carol.device, [alice.id], expect=200)["conversation_id"] == direct["conversation_id"]
+    assert bob.device.client.post(url, {"add": [alice.id]}, format="json").status_code == 200
+    # several at the limit are all named; the creator counts too
+    response = erin.device.client.post("/api/v1/dms/conversations",
+                                       {"participants": [alice.id, carol.id]}, format="json")
+    assert response.status_code == 409 and response.json()["users"] == sorted([alice.id, carol.id, erin.id])
+
+
+def test_conversation_list_pages_latest_activity_first():
+    alice = make_person(1)
+    others = [make_person(1) for _ in range(5)]
+    convs = [create_conversation(alice.device, [p.id]) for p in others]
+    assert send(alice.device, build_send(alice.device, convs[1])).status_code == 201
+    expected = [convs[1], convs[4], convs[3], convs[2], convs[0]]
+    seen, cursor = [], None
+    while True:
+        query = {"limit": 2} | ({"after": cursor} if cursor else {})
+        response = alice.device.client.get("/api/v1/dms/conversations", query)
+        assert response.status_code == 200, response.content
+        page = response.json()
+        assert set(page) == {"conversations", "has_more", "cursor"} and len(page["conversations"]) <= 2
+        seen += [c["conversation_id"] for c in page["conversations"]]
+        cursor = page["cursor"]
+        if not page["has_more"]:
+            break
+    assert seen == [c["conversation_id"] for c in expected]
+    everything = alice.device.client.get("/api/v1/dms/conversations").json()
+    assert [c["conversation_id"] for c in everything["conversations"]] == seen and not everything["has_more"]
+    assert everything["conversations"][0]["participants"] == sorted([alice.id, others[1].id])
+
+
+@pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "501"}, {"limit": str(10 ** 30)}, {"limit": ""},
+                                   {"after": "garbage"}, {"after": "AAE="},
+                                   {"after": protocol.b64e(b"9999-12-31T23:59:59-01:00|"
+                                                           b"00000000-0000-4000-8000-000000000000")},
+                                   {"after": protocol.b64e(b"2026-01-01T00:00:00+00:00|1")}])
+def test_conversation_list_bad_query_is_400(query):
+    alice = make_person(1)
+    response = alice.device.client.get("/api/v1/dms/conversations", query)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == ("invalid_request" if "limit" in query else "invalid_cursor")

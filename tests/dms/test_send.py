@@ -91,7 +91,8 @@ def test_3_malformed_is_400(pair, mutate, field):
     mutate(body)
     response = send(alice.device, body)
     assert response.status_code == 400, response.content
-    assert response.json()["error"] == "invalid_request" and field in response.json()["fields"]
+    fields = response.json()["fields"]  # dotted names (§10): recipients.0.key_wrap.wrapped_key
+    assert response.json()["error"] == "invalid_request" and any(f.split(".")[0] == field for f in fields)
     assert nothing_stored()
 
 
@@ -234,20 +235,82 @@ def test_10_missing_key_wraps_until_receipts_exist(pair):
     assert response.json()["error"] == "missing_key_wraps"
 
 
-def test_11_mailbox_full(pair):
+def test_11_mailbox_full_only_when_every_recipient_is_full(pair):
     alice, bob, conv = pair
     conf = server_settings_get()
     conf.pending_quota = 2
     conf.save()
     for _ in range(2):
         assert send(alice.device, build_send(alice.device, conv)).status_code == 201
-    response = send(alice.device, build_send(alice.device, conv))
+    everyone = sorted([alice.devices[1].id, *(d.id for d in bob.devices)])
+    body = build_send(alice.device, conv)
+    response = send(alice.device, body)
     assert response.status_code == 429 and response.json()["error"] == "mailbox_full"
-    assert response.json()["devices"] == sorted([alice.devices[1].id, *(d.id for d in bob.devices)])
-    messages = sync(bob.devices[0])["messages"]
-    ack(bob.devices[0], [m["message_id"] for m in messages])
-    assert send(alice.device, build_send(alice.device, conv)).json()["devices"] == sorted(
-        [alice.devices[1].id, bob.devices[1].id])
+    assert response.json()["devices"] == everyone
+    assert not PendingDm.objects.filter(message_id=body["message_id"]).exists()
+    # once one device drains, the same message goes to it alone and the others are reported
+    ack(bob.devices[0], [m["message_id"] for m in sync(bob.devices[0])["messages"]])
+    response = send(alice.device, body)
+    assert response.status_code == 201 and response.json()["recipients"] == 1
+    assert response.json()["skipped"] == [{"device_id": d, "reason": "mailbox_full"}
+                                          for d in sorted([alice.devices[1].id, bob.devices[1].id])]
+    assert list(Delivery.objects.filter(message_id=body["message_id"]).values_list(
+        "device__device_id", flat=True)) == [bob.devices[0].id]
+
+
+def test_11_a_member_filling_their_own_device_cannot_jam_the_conversation():
+    """Issue 10 point 5: bob never syncs his second device; the group keeps working."""
+    alice, bob, carol = make_person(1), make_person(2), make_person(1)
+    group = create_conversation(alice.device, [bob.id, carol.id])
+    conf = server_settings_get()
+    conf.pending_quota = 3
+    conf.save()
+    jammed = bob.devices[1]
+    for _ in range(3):
+        assert send(bob.device, build_send(bob.device, group)).status_code == 201
+    for device in (alice.device, carol.device):
+        ack(device, [m["message_id"] for m in sync(device)["messages"]])
+    for sender in (alice.device, bob.device, carol.device):
+        body = build_send(sender, group)
+        response = send(sender, body)
+        assert response.status_code == 201, response.content
+        assert response.json()["recipients"] == 2  # the two other active devices but the jammed one
+        assert response.json()["skipped"] == [{"device_id": jammed.id, "reason": "mailbox_full"}]
+        assert not Delivery.objects.filter(message_id=body["message_id"], device__device_id=jammed.id).exists()
+        # a retry gets the same first answer
+        retry = send(sender, body)
+        assert retry.status_code == 200 and retry.json() == response.json()
+    for device in (alice.device, carol.device, bob.device):
+        page = sync(device)["messages"]
+        assert len(page) == 2
+        ack(device, [m["message_id"] for m in page])
+    assert len(sync(jammed)["messages"]) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_11_skipped_device_gets_no_dm_notify():
+    from asgiref.sync import async_to_sync, sync_to_async
+
+    from tests.gateway.wsutil import close_all, connect, next_op, silent
+
+    alice, bob = make_person(1), make_person(2)
+    conv = create_conversation(alice.device, [bob.id])
+    conf = server_settings_get()
+    conf.pending_quota = 1
+    conf.save()
+    assert send(alice.device, build_send(alice.device, conv)).status_code == 201
+    ack(bob.device, [m["message_id"] for m in sync(bob.device)["messages"]])
+    body = build_send(alice.device, conv)
+
+    async def scenario():
+        drained, jammed = [(await connect(d.client.token))[0] for d in bob.devices]
+        response = await sync_to_async(send)(alice.device, body)
+        assert response.status_code == 201 and response.json()["recipients"] == 1
+        assert (await next_op(drained, "DM_NOTIFY"))["d"]["message_id"] == response.json()["message_id"]
+        assert await silent(jammed)
+        await close_all(drained, jammed)
+
+    async_to_sync(scenario)()
 
 
 def test_checks_run_in_table_order(pair):
@@ -311,3 +374,27 @@ def test_request_body_over_hard_cap_is_413(pair, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
     response = send(alice.device, build_send(alice.device, conv, ciphertext=os.urandom(5000)))
     assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+
+
+def test_10_receipts_of_a_past_epoch_do_not_count(pair):
+    """Issue 10 point 15: a receipt made under epoch n says nothing for epoch n+1."""
+    alice, bob, conv = pair
+    key = os.urandom(32)
+    first = build_send(alice.device, conv, group_key=key)
+    assert send(alice.device, first).status_code == 201
+    for device in [alice.devices[1], *bob.devices]:
+        ack(device, [first["message_id"]])
+    assert send(alice.device, build_send(alice.device, conv, group_key=key, wrap_for=[])).status_code == 201
+    third = bob.add_device("third")  # epoch n+1; the old receipts are not purged yet
+    conv = alice.device.client.get(f"/api/v1/dms/conversations/{conv['conversation_id']}").json()
+    assert KeyReceipt.objects.filter(epoch=conv["epoch"] - 1).count() == 3
+    response = send(alice.device, build_send(alice.device, conv, group_key=key, wrap_for=[third.id]))
+    assert response.status_code == 409 and response.json()["error"] == "missing_key_wraps"
+    assert response.json()["devices"] == sorted([alice.devices[1].id, *(d.id for d in bob.devices[:2])])
+    # wrapped again and ACKed under n+1, the same key_id needs no wraps any more
+    again = build_send(alice.device, conv, group_key=key)
+    assert send(alice.device, again).status_code == 201
+    for device in [alice.devices[1], *bob.devices]:
+        ack(device, [again["message_id"]])
+    assert set(KeyReceipt.objects.values_list("epoch", flat=True)) == {conv["epoch"]}
+    assert send(alice.device, build_send(alice.device, conv, group_key=key, wrap_for=[])).status_code == 201

@@ -180,3 +180,66 @@ def test_devices_list_shows_pending_count(trio):
     devices = {d["device_id"]: d for d in bob.device.client.get("/api/v1/devices").json()["devices"]}
     assert devices[bob.devices[0].id]["pending_count"] == 1
     assert devices[bob.devices[1].id]["pending_count"] == 2
+
+
+def _cursor(*parts) -> str:
+    import base64
+
+    return base64.b64encode("|".join(parts).encode()).decode()
+
+
+# Issue 10 point 13: cursors out of range were a 500 (SQLite OverflowError); each is a 400 invalid_cursor.
+OUT_OF_RANGE_IDS = [str(10 ** 30), str(2 ** 63), "-1", "+5", " 5", "1_000", "\u0665"]
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE_IDS)
+def test_sync_cursor_out_of_range_is_400_invalid_cursor(trio, value):
+    _, bob, _ = trio
+    response = bob.device.client.post("/api/v1/dms/sync", {"after": _cursor(value)}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json() == {"error": "invalid_cursor", "detail": response.json()["detail"]}
+
+
+def test_sync_cursor_at_the_largest_id_is_an_empty_page(trio):
+    alice, bob, conv = trio
+    send(alice.device, build_send(alice.device, conv))
+    page = sync(bob.device, after=_cursor(str(2 ** 63 - 1)))
+    assert page["messages"] == [] and not page["has_more"]
+
+
+HISTORY_CURSORS = [
+    ("0001-01-01T00:00:00+01:00", "00000000-0000-4000-8000-000000000000"),  # before year 1 in UTC
+    ("9999-12-31T23:59:59-01:00", "00000000-0000-4000-8000-000000000000"),  # after 9999 in UTC
+    ("2026-01-01T00:00:00", "00000000-0000-4000-8000-000000000000"),        # no time zone
+    ("99999-01-01T00:00:00+00:00", "00000000-0000-4000-8000-000000000000"),
+    ("2026-01-01T00:00:00+00:00", "99999999999999999999999999"),
+]
+
+
+@pytest.mark.parametrize("created,message_id", HISTORY_CURSORS)
+def test_history_cursor_out_of_range_is_400_invalid_cursor(trio, created, message_id):
+    alice, bob, conv = trio
+    url = f"/api/v1/dms/conversations/{conv['conversation_id']}/messages"
+    response = bob.device.client.get(url, {"before": _cursor(created, message_id)})
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid_cursor" and set(response.json()) == {"error", "detail"}
+
+
+@pytest.mark.parametrize("limit", ["0", "501", str(10 ** 30), "-1", "1.5", "x"])
+def test_history_limit_out_of_range_is_400(trio, limit):
+    _, bob, conv = trio
+    response = bob.device.client.get(f"/api/v1/dms/conversations/{conv['conversation_id']}/messages",
+                                     {"limit": limit})
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid_request" and "limit" in response.json()["fields"]
+
+
+@pytest.mark.parametrize("limit", [0, 501, 10 ** 30, -(10 ** 30), 1.5, True])
+def test_sync_limit_out_of_range_is_400(trio, limit):
+    _, bob, _ = trio
+    response = bob.device.client.post("/api/v1/dms/sync", {"limit": limit}, format="json")
+    assert response.status_code == 400, response.content
+    if isinstance(limit, int) and abs(limit) >= 2 ** 63:  # the JSON parser refuses it before the view
+        assert response.json()["error"] == "malformed_json"
+    else:
+        assert response.json()["error"] == "invalid_request" and "limit" in response.json()["fields"]

@@ -214,17 +214,18 @@ class Mailbox:
         if given != expected:
             return Outcome(409, "mismatched_devices", {"missing": sorted(expected - given),
                                                        "extra": sorted(given - expected)})
-        unwrapped = sorted(r["device_id"] for r in body["recipients"] if r["key_wrap"] is None and
-                           (conversation.id, sender, body["key_id"], r["device_id"]) not in self.receipts)
+        unwrapped = sorted(r["device_id"] for r in body["recipients"] if r["key_wrap"] is None and self.receipts.get(
+                           (conversation.id, sender, body["key_id"], r["device_id"])) != conversation.epoch)
         if unwrapped:
             return Outcome(409, "missing_key_wraps", {"devices": unwrapped})
         full = sorted(d for d in given if self.pending_count(d) >= self.pending_quota)
-        if full:
+        if full and len(full) == len(given):
             return Outcome(429, "mailbox_full", {"devices": full})
         holders = {self.devices[d].user_id for d in expected} | {device.user_id}
         return Outcome(201, extra={
-            "message_id": message_id, "policy": conversation.retention["policy"], "recipients": len(given),
-            "unreachable": sorted(conversation.participants - holders)})
+            "message_id": message_id, "policy": conversation.retention["policy"], "recipients": len(given) - len(full),
+            "unreachable": sorted(conversation.participants - holders),
+            "skipped": [{"device_id": d, "reason": "mailbox_full"} for d in full]})
 
     def apply_send(self, *, sender: str, body: dict, response: dict, created_at, expires_at) -> None:
         conversation = self.conversations[body["conversation_id"]]
@@ -232,7 +233,8 @@ class Mailbox:
             id=body["message_id"], conversation_id=conversation.id, sender=sender, key_id=body["key_id"],
             epoch=body["epoch"], policy=conversation.retention["policy"], created_at=created_at,
             expires_at=expires_at,
-            deliveries={r["device_id"]: MDelivery(wrapped=r["key_wrap"] is not None) for r in body["recipients"]})
+            deliveries={r["device_id"]: MDelivery(wrapped=r["key_wrap"] is not None) for r in body["recipients"]
+                        if r["device_id"] not in {s["device_id"] for s in response["skipped"]}})
         self.used_ids[body["message_id"]] = MUsedId(
             sender=sender, ciphertext_sha256=protocol.H(protocol.b64d(body["ciphertext"])), response=response)
         self.burn_if_read([body["message_id"]], created_at)  # sent to no device: nothing is pending
@@ -255,6 +257,6 @@ class Mailbox:
                 delivery.acked = True
                 if delivery.wrapped and message_id not in failed:
                     key = (message.conversation_id, message.sender, message.key_id, device_id)
-                    self.receipts.setdefault(key, message.epoch)
+                    self.receipts[key] = max(self.receipts.get(key, 0), message.epoch)
         self.burn_if_read(known, now)
         return {"acked": sorted(known), "unknown": sorted(requested - known)}

@@ -13,7 +13,7 @@ export function ConversationView(props: { conversationId: string }) {
   const { conversationId } = props;
   const store = useStore();
   const client = store.client;
-  const { conversations, timelines, warnings, server } = useSnapshot();
+  const { conversations, timelines, warnings, server, revoked } = useSnapshot();
   const listed = conversations?.find((c) => c.conversationId === conversationId) ?? null;
   const [fetched, setFetched] = useState<Conversation | null | undefined>(undefined);
   const [settingsOpen, setSettingsOpen] = useState(false);
@@ -62,7 +62,9 @@ export function ConversationView(props: { conversationId: string }) {
         </div>
       ))}
       <Timeline conversation={conversation} items={items} />
-      {conversation.member ? (
+      {revoked ? (
+        <p className="composer-closed">This device was revoked: it cannot send any more.</p>
+      ) : conversation.member ? (
         <MessageComposer conversation={conversation} />
       ) : (
         <p className="composer-closed">You are no longer in this conversation. Its history stays in this browser.</p>

@@ -11,14 +11,17 @@ import { useClient, useSnapshot, useStore } from "./state";
 
 export function ConversationsPage(props: { conversationId: string | null }) {
   const [creating, setCreating] = useState(false);
+  const { revoked } = useSnapshot();
   return (
     <div className={props.conversationId ? "split has-open" : "split"}>
       <section className="pane list-pane" aria-labelledby="conversations-heading">
         <div className="pane-head">
           <h1 id="conversations-heading" tabIndex={-1}>Conversations</h1>
-          <button type="button" className="primary" onClick={() => setCreating(true)}>New conversation</button>
+          <button type="button" className="primary small" disabled={!!revoked} onClick={() => setCreating(true)}>
+            New conversation
+          </button>
         </div>
-        <ConversationList openId={props.conversationId} onNew={() => setCreating(true)} />
+        <ConversationList openId={props.conversationId} />
       </section>
       <section className="pane view-pane">
         {props.conversationId ? (
@@ -41,7 +44,7 @@ export function conversationTitle(client: DmClient, c: Conversation): string {
   return others.length ? others.map((p) => client.displayName(p)).join(", ") : "Only you";
 }
 
-function ConversationList(props: { openId: string | null; onNew: () => void }) {
+function ConversationList(props: { openId: string | null }) {
   const { conversations, contacts } = useSnapshot();
   const client = useClient();
   void contacts; // names come from contacts: re-render when they change

@@ -19,8 +19,7 @@ export function Shell() {
       </header>
       {revoked && (
         <div role="alert" className="banner banner-danger">
-          <strong>{revoked}</strong> This browser can no longer send or receive. Its keys stay here; link it again
-          with a new certificate, or remove its data.
+          <strong>{revoked}</strong> Its history stays readable in this browser.
         </div>
       )}
       {error && !revoked && <div role="alert" className="banner banner-warn">{error}</div>}

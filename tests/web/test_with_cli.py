@@ -144,6 +144,7 @@ def test_a_browser_certifies_and_revokes_another(open_browser, server):
     page.reload()
     row = page.get_by_role("row").filter(has_text="Frank's phone")
     expect(row).to_contain_text("active")
+    connected(frank)
     screenshot(frank, "devices-two-laptop")
     row.get_by_role("button", name="Revoke Frank's phone").click()
     dialog = page.get_by_role("dialog")

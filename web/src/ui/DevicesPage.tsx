@@ -59,7 +59,7 @@ function DeviceList(props: { devices: DeviceInfo[] }) {
               <th role="columnheader" scope="col">State</th>
               <th role="columnheader" scope="col">Last seen</th>
               <th role="columnheader" scope="col">Waiting</th>
-              <th role="columnheader" scope="col">Certificate expires</th>
+              <th role="columnheader" scope="col">Expires</th>
               <th role="columnheader" scope="col"><span className="sr-only">Actions</span></th>
             </tr>
           </thead>
@@ -73,7 +73,7 @@ function DeviceList(props: { devices: DeviceInfo[] }) {
                 </th>
                 <td role="cell"><span className={`badge state-${d.state}`}>{stateWords(d)}</span></td>
                 <td role="cell" data-label="Last seen">{timeText(d.lastSeenAt)}</td>
-                <td role="cell" data-label="Waiting">{d.pendingCount} {d.pendingCount === 1 ? "message" : "messages"}</td>
+                <td role="cell" data-label="Messages waiting">{d.pendingCount}</td>
                 <td role="cell" data-label="Certificate expires">{d.expiresAt ? dateText(d.expiresAt) : "never"}</td>
                 <td role="cell">
                   {d.state === "active" && !d.current && (

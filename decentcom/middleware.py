@@ -1,8 +1,6 @@
 import logging
 from http import HTTPStatus
 
-from django.core.exceptions import DisallowedHost
-
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpResponse
@@ -83,18 +81,19 @@ class ContentSecurityPolicyMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
+        if request.path.startswith(self.EXEMPT):
+            return self.get_response(request)
+        # Whitenoise answers the app's files before CommonMiddleware checks the Host:
+        # check it here (DisallowedHost is Django's 400), so the policy names only a served host.
+        request.get_host()
         response = self.get_response(request)
-        if not request.path.startswith(self.EXEMPT):
-            response.headers.setdefault("Content-Security-Policy", self.policy(request))
-            response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Content-Security-Policy", self.policy(request))
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
 
     @staticmethod
     def policy(request) -> str:
-        try:  # the validated host only: a raw Host header could smuggle directives in
-            gateway = f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}"
-        except DisallowedHost:
-            gateway = ""
+        gateway = f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}"
         return "; ".join((
             "default-src 'none'",
             "script-src 'self'",
@@ -102,7 +101,7 @@ class ContentSecurityPolicyMiddleware:
             "img-src 'self'",
             "font-src 'self'",
             "manifest-src 'self'",
-            f"connect-src 'self' {gateway}".rstrip(),
+            f"connect-src 'self' {gateway}",
             "base-uri 'none'",
             "form-action 'none'",
             "frame-ancestors 'none'",

@@ -75,6 +75,7 @@ class Person:
     context: object
     user_id: str = ""
     device_id: str = ""
+    phrase: str = ""
 
     @property
     def name(self) -> str:
@@ -110,7 +111,7 @@ def create_identity(person: Person, device_name: str = "Laptop") -> Person:
     page.get_by_role("button", name="Create a new identity").click()
     page.get_by_role("textbox", name="Device name").fill(device_name)
     page.get_by_role("button", name="Continue").click()
-    phrase = page.get_by_label("Recovery phrase", exact=True).inner_text()
+    phrase = person.phrase = page.get_by_label("Recovery phrase", exact=True).inner_text()
     assert len(phrase.split(" ")) == 24
     page.get_by_role("checkbox", name="I have saved my recovery phrase").check()
     page.get_by_role("button", name="Continue").click()

@@ -252,3 +252,46 @@ def tab_to(page, locator, limit=40):
             return
         page.keyboard.press("Tab")
     raise AssertionError(f"Tab never reached {locator}")
+
+
+def test_restore_from_the_recovery_phrase_and_a_passphrase(open_browser, server):
+    """The 24 words bring the same identity to a new browser (a new device of it); a
+    passphrase, once set, is asked on start and a wrong one is refused."""
+    grace = create_identity(open_browser(), "Grace's laptop")
+    other = open_browser()
+    page = other.page
+    page.get_by_role("button", name="Restore from a recovery phrase").click()
+    page.get_by_role("textbox", name="Recovery phrase").fill(grace.phrase)
+    page.get_by_role("textbox", name="Device name").fill("Grace's tablet")
+    page.get_by_role("button", name="Restore").click()
+    page.get_by_role("link", name="Devices").click()
+    expect(page.get_by_label("Your user id", exact=True)).to_have_text(grace.user_id)
+    expect(page.get_by_role("row").filter(has_text="Grace's tablet")).to_contain_text("this device")
+    expect(page.get_by_role("row").filter(has_text="Grace's laptop")).to_contain_text("active")
+    expect(page.get_by_label("Recovery phrase", exact=True)).to_have_count(0)
+    page.get_by_role("button", name="Show recovery phrase").click()
+    expect(page.get_by_label("Recovery phrase", exact=True)).to_have_text(grace.phrase)
+
+    page.get_by_label("Passphrase for this browser", exact=True).fill("correct horse battery")
+    page.get_by_role("button", name="Set passphrase").click()
+    expect(page.get_by_text("now asks for the passphrase")).to_be_visible()
+    page.reload()
+    page.get_by_label("Passphrase", exact=True).fill("wrong")
+    page.get_by_role("button", name="Unlock").click()
+    expect(page.get_by_role("alert")).to_be_visible()
+    page.get_by_label("Passphrase", exact=True).fill("correct horse battery")
+    page.get_by_role("button", name="Unlock").click()
+    connected(other)
+    expect(page.get_by_role("heading", level=1, name="Devices")).to_be_visible()  # the route survives the unlock
+
+
+def test_connection_state_follows_the_server(open_browser, server):
+    """Offline or Connecting while the server is down, Connected again by itself after."""
+    henry = create_identity(open_browser(), "Henry's laptop")
+    connected(henry)
+    server.stop()
+    expect(henry.page.get_by_role("status")).not_to_contain_text("Connected", timeout=20_000)
+    expect(henry.page.get_by_role("status")).to_have_text(re.compile(r"Offline|Connecting"))
+    screenshot(henry, "offline-laptop")
+    server.start()
+    expect(henry.page.get_by_role("status")).to_contain_text("Connected", timeout=40_000)

@@ -1,5 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both set up
-# .venv from requirements.txt first, so a fresh clone needs nothing else.
+# .venv from requirements.txt first, and the web client (web/) with Node.js >= 20:
+# `npm ci` when node_modules is missing or the lock changed, a build when its sources
+# changed. Without Node.js the API, gateway and admin still run; the web client is not built.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,14 @@ PORT ?= 8000
 export DEBUG ?= 1
 export HOST PORT
 
-.PHONY: setup migrate run test bench superuser clean
+NPM ?= npm
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+NODE_OK := $(shell node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null && echo 1)
+WEB_SOURCES := $(shell find web/src web/public -type f -not -name '*.test.ts' 2>/dev/null) \
+	web/index.html web/vite.config.ts web/tsconfig.json
+
+.PHONY: setup web migrate run test test-web-unit bench superuser clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,21 +28,48 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed
 
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && $(NPM) run build
+	touch $@
+
+ifeq ($(NODE_OK),1)
+web: web/dist/index.html
+else
+web:
+	@echo "*** Node.js >= 20 not found: the web client is not built. The API, the gateway and the admin"
+	@echo "*** work without it; / says the web client is missing. Install Node.js 20+ and run make again."
+endif
+
 migrate: setup
 	$(BIN)/python manage.py migrate --noinput
 
-run: migrate
+run: migrate web
 	$(BIN)/python -m decentcom.run
 
 superuser: migrate
 	$(BIN)/python manage.py createsuperuser
 
-test: setup
+# pytest includes the browser tests (tests/web/), which need the built bundle and
+# a Chromium at $(CHROMIUM); they say why when they skip (and fail instead under CI=true).
+test: setup web test-web-unit
+	@test -x "$(CHROMIUM)" || echo "*** No Chromium at $(CHROMIUM): the browser tests (tests/web/) will be skipped."
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ifeq ($(NODE_OK),1)
+test-web-unit: web/node_modules/.installed
+	cd web && $(NPM) test
+else
+test-web-unit:
+	@echo "*** Node.js >= 20 not found: the web client's unit tests (vitest) and browser tests are skipped."
+endif
 
 # The benchmarks make a database of their own: no migrate of yours needed.
 bench: setup
 	$(BIN)/python -m bench.mailbox $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .hypothesis web/node_modules web/dist

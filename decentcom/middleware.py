@@ -1,7 +1,10 @@
 import logging
 from http import HTTPStatus
 
+from django.conf import settings
 from django.core.exceptions import DisallowedHost
+from django.http import HttpResponse
+from django.utils.cache import patch_vary_headers
 
 from decentcom.errors import DB_RETRY_AFTER_S, is_database_down, json_error
 
@@ -64,3 +67,67 @@ class ApiErrorMiddleware:
                               **{"Retry-After": str(DB_RETRY_AFTER_S)})
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "server_error", "internal server error")
+
+
+class ContentSecurityPolicyMiddleware:
+    """The web client's pages (everything outside /admin/ and /api/): scripts
+    and styles only from this origin, no inline script, no eval, network only
+    to this server's API and gateway, never framed. The page renders message
+    text, so this is the second wall behind rendering it as text only."""
+
+    EXEMPT = ("/admin/", "/api/")
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path.startswith(self.EXEMPT):
+            return self.get_response(request)
+        # Whitenoise answers the app's files before CommonMiddleware checks the Host:
+        # check it here (DisallowedHost is Django's 400), so the policy names only a served host.
+        request.get_host()
+        response = self.get_response(request)
+        response.headers.setdefault("Content-Security-Policy", self.policy(request))
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    @staticmethod
+    def policy(request) -> str:
+        gateway = f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}"
+        return "; ".join((
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self'",
+            "font-src 'self'",
+            "manifest-src 'self'",
+            f"connect-src 'self' {gateway}",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ))
+
+
+class CorsMiddleware:
+    """CORS for /api/ from the origins in CORS_ALLOWED_ORIGINS only (a copy of
+    the web client served elsewhere). Bearer tokens, no cookies: no credentials."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.allowed = frozenset(settings.CORS_ALLOWED_ORIGINS)
+
+    def __call__(self, request):
+        origin = request.headers.get("Origin")
+        if not (self.allowed and origin in self.allowed and request.path.startswith("/api/")):
+            return self.get_response(request)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response = HttpResponse(status=204)
+            response["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
+            response["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response["Access-Control-Max-Age"] = "600"
+        else:
+            response = self.get_response(request)
+            response["Access-Control-Expose-Headers"] = "Retry-After"
+        response["Access-Control-Allow-Origin"] = origin
+        patch_vary_headers(response, ("Origin",))
+        return response

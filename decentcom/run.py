@@ -30,9 +30,12 @@ def main() -> int:
     }
     procs = {name: subprocess.Popen(cmd, cwd=BASE_DIR) for name, cmd in commands.items()}
     base = f"http://{host}:{port}"
+    web = (f"{base}/" if (Path(settings.WEB_DIST_DIR) / "index.html").exists()
+           else "not built: it needs Node.js >= 20 (install it, then make run again)")
     print(f"""
 decentcom DM mailbox is running (database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]},
 channel layer: {'redis' if settings.REDIS_URL else 'in-memory'})
+  Web client {web}
   API        {base}/api/v1/
   API docs   {base}/api/v1/docs/   (OpenAPI schema: {base}/api/v1/schema/)
   Admin      {base}/admin/         (create a login: make superuser)

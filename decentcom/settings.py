@@ -71,6 +71,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "decentcom.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "decentcom.middleware.ContentSecurityPolicyMiddleware",
+    "decentcom.middleware.CorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -182,6 +184,14 @@ STORAGES = {
     },
 }
 WHITENOISE_USE_FINDERS = DEBUG
+# The web client: the bundle `npm run build` writes to web/dist, served at `/`
+# (whitenoise answers `/` with its index.html; without a build, `/` is a page saying so).
+WEB_DIST_DIR = BASE_DIR / "web" / "dist"
+WHITENOISE_ROOT = WEB_DIST_DIR
+WHITENOISE_INDEX_FILE = True
+# Origins of copies of the web client served elsewhere that may call the API.
+# Tokens are bearer headers, never cookies, so this only lets their pages read answers.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", "")
 
 # Requests larger than this are refused with 413 before they are parsed.
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("MAX_REQUEST_BYTES", str(1024 * 1024)))

@@ -1,0 +1,6 @@
+// One protocol, two implementations: this mirrors decentcom/protocol.py (v1 + v1.1).
+export * from "./encoding";
+export * from "./keys";
+export * from "./certificate";
+export * from "./message";
+export * from "./safety";

@@ -9,6 +9,7 @@ thread). Here the whole middleware chain and view run in one hop, on a fixed
 pool of threads that keep their connections (CONN_MAX_AGE applies as under
 WSGI). `HTTP_THREADS` sets the pool: 1 on SQLite, whose single writer lock
 would otherwise make threads sleep in its busy handler."""
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
@@ -19,6 +20,9 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.http import FileResponse
 from django.urls import set_script_prefix
+
+from decentcom.errors import error_body
+from decentcom.middleware import as_api_error, is_api_path
 
 
 class PooledHttpHandler(ASGIHandler):
@@ -50,7 +54,9 @@ class PooledHttpHandler(ASGIHandler):
         # The request signals run here, so connections are kept or closed in the thread that uses them.
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, response = self.create_request(scope, body_file)
-        if request is not None:
+        if request is None and is_api_path(scope["path"]):
+            response = as_api_error(response)
+        elif request is not None:
             response = self.get_response(request)
             response._handler_class = self.__class__
             if isinstance(response, FileResponse):
@@ -58,3 +64,33 @@ class PooledHttpHandler(ASGIHandler):
         if not response.streaming:
             response.close()  # its content is already in memory
         return response
+
+
+def daphne_api_errors() -> None:
+    """§10 for what Twisted answers itself under daphne, before the application runs.
+
+    Twisted parses a POST's multipart body on its own (daphne never uses the
+    result) and answers one it cannot parse with a bare `400`, so Django never
+    sees the request: switch that off, and the request reaches our parsers
+    (which refuse it with the JSON `415`). Twisted's bare `400` for bytes that
+    are no valid request (a NUL in a header, a request line that is not ASCII)
+    becomes the JSON error body."""
+    try:
+        from daphne.http_protocol import WebRequest
+        from twisted.web.http import HTTPChannel
+    except ImportError:  # another ASGI server
+        return
+    if getattr(WebRequest, "_api_errors", False):
+        return
+    # Twisted sets this per request in __init__; a data descriptor on the class wins.
+    WebRequest._parsePOSTFormSubmission = property(lambda self: False, lambda self, value: None)
+
+    def bad_request_and_disconnect(self):
+        # The request line or headers are broken, so there is no path to go by.
+        body = json.dumps(error_body("bad_request", "malformed HTTP request")).encode()
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        self.loseConnection()
+
+    HTTPChannel._respondToBadRequestAndDisconnect = bad_request_and_disconnect
+    WebRequest._api_errors = True

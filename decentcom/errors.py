@@ -32,11 +32,25 @@ def error_body(code: str, detail: str, **extra) -> dict:
     return {"error": code, "detail": detail, **extra}
 
 
-def _flatten(detail) -> dict:
+def _flatten(detail, name: str = "") -> dict[str, list[str]]:
+    """DRF's nested error detail as §10 `fields`: dotted paths
+    (`recipients.0.device_id`, from list serializers, `ListField` and
+    `DictField` children alike) to lists of plain messages."""
+    fields: dict[str, list[str]] = {}
     if isinstance(detail, dict):
-        return {str(k): [str(m) for m in (v if isinstance(v, list) else [v])] for k, v in detail.items()}
-    messages = detail if isinstance(detail, list) else [detail]
-    return {"non_field_errors": [str(m) for m in messages]}
+        items = detail.items()
+    elif isinstance(detail, list):
+        items = [(None, m) for m in detail if not isinstance(m, (dict, list))]
+        items += [(i, m) for i, m in enumerate(detail) if isinstance(m, (dict, list))]
+    else:
+        items = [(None, detail)]
+    for key, value in items:
+        if key is None:
+            fields.setdefault(name or "non_field_errors", []).append(str(value))
+            continue
+        for path, messages in _flatten(value, f"{name}.{key}" if name else str(key)).items():
+            fields.setdefault(path, []).extend(messages)
+    return fields
 
 
 _SIMPLE = [
@@ -59,7 +73,7 @@ def exception_handler(exc, context):
     elif isinstance(exc, ProtocolError):
         status_code, body = 400, error_body(exc.code, exc.detail)
     elif isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
+        fields = _flatten(exc.detail) or {"non_field_errors": ["invalid input"]}
         first = next(iter(fields.items()))
         status_code = 400
         body = error_body("invalid_request", f"{first[0]}: {first[1][0]}", fields=fields)

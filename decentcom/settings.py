@@ -33,13 +33,23 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = int(os.environ.get("PORT", "8000"))
-# The origin clients sign in their auth challenge (§3). Empty: the request's own.
-PUBLIC_URL = os.environ.get("PUBLIC_URL", "")
-# Behind a PaaS router the scheme arrives in X-Forwarded-Proto.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", False)
-# Number of trusted proxies in front of us, for the client address used by rate limits.
+# The origin clients sign in their auth challenge (§3). Empty (development
+# only): the request's scheme and host with the port this server listens on.
+PUBLIC_URL = os.environ.get("PUBLIC_URL", "").strip()
+if PUBLIC_URL and not PUBLIC_URL.lower().startswith(("http://", "https://")):
+    raise ImproperlyConfigured("PUBLIC_URL must be an http(s) origin, e.g. https://dm.example.org")
+if not PUBLIC_URL and not DEBUG:
+    # Without it the signed origin would follow the request's headers.
+    raise ImproperlyConfigured("PUBLIC_URL must be set when DEBUG is off")
+# Number of trusted proxies in front of us. The client address is taken that
+# many hops from the right of X-Forwarded-For (decentcom.ratelimit.client_address),
+# and only behind a proxy are its X-Forwarded-Proto (and, if asked, X-Forwarded-Host)
+# believed: without one, any client could write them.
 TRUSTED_PROXY_COUNT = int(os.environ.get("TRUSTED_PROXY_COUNT", "0"))
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXY_COUNT > 0 else None
+USE_X_FORWARDED_HOST = TRUSTED_PROXY_COUNT > 0 and env_bool("USE_X_FORWARDED_HOST", False)
 
 INSTALLED_APPS = [
     "daphne",
@@ -59,9 +69,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "decentcom.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "decentcom.middleware.ApiErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -90,6 +100,8 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
+# VAR_DIR holds the SQLite file and the broker's messages: owner-only (0700).
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 # Connections are thread-local. HTTP requests run on the fixed threads of
 # decentcom.asgi_http (Django's own ASGI handler starts a thread per request,
 # which leaked persistent connections): PostgreSQL connections come from a
@@ -103,6 +115,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "3")),
     }}
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    _sqlite_file = DATABASES["default"]["NAME"]
+    if _sqlite_file != ":memory:" and not os.path.exists(_sqlite_file) and os.path.isdir(os.path.dirname(_sqlite_file)):
+        # SQLite would create it with the umask (0644: world-readable metadata);
+        # its -wal and -shm files take the database file's mode.
+        os.close(os.open(_sqlite_file, os.O_CREAT | os.O_WRONLY, 0o600))
     # WAL lets the web server, worker and beat share the file; IMMEDIATE
     # takes the write lock at BEGIN so concurrent writers queue instead of failing.
     DATABASES["default"]["OPTIONS"] = {

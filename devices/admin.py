@@ -1,28 +1,32 @@
+"""Users and devices. Every action that changes state needs the model's
+*change* permission (view-only staff see, never act), and goes through the
+same services as the API."""
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from devices.models import Device, User
-from devices.services import device_revoke
+from devices.services import device_revoke, user_suspend, user_unsuspend
 
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
-    list_display = ("username", "is_key_user", "is_staff", "is_active", "date_joined")
-    list_filter = ("is_key_user", "is_staff", "is_active")
+    list_display = ("username", "is_key_user", "suspended_at", "is_staff", "is_active", "date_joined")
+    list_filter = ("is_key_user", "is_staff", "is_active", ("suspended_at", admin.EmptyFieldListFilter))
     search_fields = ("username",)
     ordering = ("-date_joined",)
-    readonly_fields = ("is_key_user", "date_joined", "last_login")
+    readonly_fields = ("is_key_user", "suspended_at", "date_joined", "last_login")
     fieldsets = (
         (None, {"fields": ("username", "password", "is_key_user")}),
         ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("username", "password1", "password2")}),)
+    actions = ["suspend_users", "unsuspend_users"]
 
     def get_fieldsets(self, request, obj=None):
-        if obj is not None and obj.is_key_user:  # key users have no password
+        if obj is not None and obj.is_key_user:  # key users have no password; suspension is an action
             return ((None, {"fields": ("username", "is_key_user")}),
-                    ("Status", {"fields": ("is_active",)}),
+                    ("Status", {"fields": ("suspended_at",)}),
                     ("Dates", {"fields": ("last_login", "date_joined")}))
         return super().get_fieldsets(request, obj)
 
@@ -30,6 +34,16 @@ class UserAdmin(BaseUserAdmin):
         if obj is not None and obj.is_key_user:
             return (*self.readonly_fields, "username")
         return self.readonly_fields
+
+    @admin.action(description="Suspend selected key users (their devices become inactive)", permissions=["change"])
+    def suspend_users(self, request, queryset):
+        count = sum(user_suspend(user=user) for user in queryset.filter(is_key_user=True, suspended_at__isnull=True))
+        self.message_user(request, f"Suspended {count} user(s).", messages.SUCCESS)
+
+    @admin.action(description="Lift the suspension of selected key users", permissions=["change"])
+    def unsuspend_users(self, request, queryset):
+        count = sum(user_unsuspend(user=user) for user in queryset.filter(suspended_at__isnull=False))
+        self.message_user(request, f"Lifted the suspension of {count} user(s).", messages.SUCCESS)
 
 
 @admin.register(Device)
@@ -44,15 +58,18 @@ class DeviceAdmin(admin.ModelAdmin):
         return False  # devices are added by their master key's certificate only
 
     def has_change_permission(self, request, obj=None):
-        return False
+        return False  # the form stays read-only; revoking is the one change
 
     def has_delete_permission(self, request, obj=None):
         return False  # revoke instead: a revoked key must stay known to be refused
 
-    @admin.action(description="Revoke selected devices", permissions=["view"])
+    def has_revoke_permission(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    @admin.action(description="Revoke selected devices", permissions=["revoke"])
     def revoke_devices(self, request, queryset):
         count = 0
-        for device in queryset.filter(revoked_at__isnull=True):
+        for device in queryset.filter(revoked_at__isnull=True).select_related("user"):
             device_revoke(device=device, reason="revoked by admin")
             count += 1
         self.message_user(request, f"Revoked {count} device(s).", messages.SUCCESS)

@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.http.request import split_domain_port
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
@@ -9,6 +10,7 @@ from rest_framework.views import APIView
 
 from decentcom import protocol
 from decentcom.errors import AUTHENTICATED, JSON_BODY, ApiError, error_responses
+from decentcom.ratelimit import client_address
 from decentcom.fields import B58KeyField, B64Field, CertificateField, StrictCharField
 from decentcom.timefmt import rfc3339
 from devices import selectors, services
@@ -43,16 +45,19 @@ def is_key_id(value: str) -> bool:
 
 
 def server_origin(request) -> str:
-    """The origin clients must sign (§3): PUBLIC_URL, else this request's own."""
-    return protocol.origin(settings.PUBLIC_URL or request.build_absolute_uri("/"))
+    """The origin clients must sign (§3): PUBLIC_URL, else this request's own.
 
-
-def client_ip(request) -> str | None:
-    hops = settings.TRUSTED_PROXY_COUNT
-    forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
-    if hops and len(forwarded) >= hops:
-        return forwarded[-hops]
-    return request.META.get("REMOTE_ADDR")
+    Without PUBLIC_URL (development only: production refuses to start) the
+    host comes from `Host` (checked against ALLOWED_HOSTS, which ignores the
+    port) and the port is the one this server listens on, so a signature made
+    for another server on the same host does not open a session here. Proxy
+    headers count only behind a configured proxy (settings)."""
+    if settings.PUBLIC_URL:
+        return protocol.origin(settings.PUBLIC_URL)
+    host = request.get_host()
+    if settings.TRUSTED_PROXY_COUNT == 0:
+        host = f"{split_domain_port(host)[0]}:{request.get_port()}"
+    return protocol.origin(f"{request.scheme}://{host}")
 
 
 def device_wire(device: Device) -> dict:
@@ -98,7 +103,7 @@ class AuthChallengeApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        challenge = services.challenge_create(pubkey=data.validated_data["pubkey"], client_ip=client_ip(request))
+        challenge = services.challenge_create(pubkey=data.validated_data["pubkey"], client_ip=client_address(request.META))
         return Response({"challenge": challenge.challenge, "expires_at": rfc3339(challenge.expires_at)})
 
 
@@ -156,7 +161,7 @@ class UserDeviceListApi(APIView):
 
 
 class DevicesApi(APIView):
-    """GET: the caller's own devices. POST: register another one by certificate."""
+    """GET: the caller's own devices. POST: renew the calling device's own certificate (§4)."""
 
     permission_classes = [IsAnySession]
 
@@ -176,12 +181,12 @@ class DevicesApi(APIView):
         } for d in devices]})
 
     @extend_schema(request=InputSerializer, responses={
-        201: DeviceOutput, 200: DeviceOutput, **error_responses(*AUTHENTICATED, *JSON_BODY, 403, 409, 429)})
+        200: DeviceOutput, **error_responses(*AUTHENTICATED, *JSON_BODY, 403, 409)})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        device, created = services.device_register(user=request.user, certificate=data.validated_data["certificate"])
-        return Response(device_wire(device), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        device = services.device_renew(session=request.auth, certificate=data.validated_data["certificate"])
+        return Response(device_wire(device))
 
 
 class DeviceRevokeApi(APIView):

@@ -30,6 +30,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
+    # Set by a server admin (§4): the user's devices are inactive everywhere
+    # until it is lifted; unlike a revocation nothing is ended for ever.
+    suspended_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = UserManager()
     USERNAME_FIELD = "username"
@@ -44,11 +47,17 @@ class User(AbstractBaseUser, PermissionsMixin):
     def user_id(self) -> str | None:
         return self.username if self.is_key_user else None
 
+    @property
+    def is_suspended(self) -> bool:
+        return self.suspended_at is not None
+
 
 class ActiveDeviceQuerySet(models.QuerySet):
     def active(self, now=None):
+        """Neither revoked nor expired, and its user not suspended (§2, §4)."""
         now = now or timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        return (self.filter(revoked_at__isnull=True, user__suspended_at__isnull=True)
+                .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)))
 
 
 class Device(models.Model):
@@ -75,6 +84,8 @@ class Device(models.Model):
         return f"{self.name} ({self.device_id[:8]}…)"
 
     def is_active(self, now=None) -> bool:
+        """The device's own state: neither revoked nor expired. Whether its
+        user is suspended is `User.is_suspended`, checked beside it."""
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
@@ -98,6 +109,8 @@ class Challenge(models.Model):
 
     class Meta:
         db_table = "auth_challenges"
+        # the outstanding challenges of one key, newest first (at most 5 are kept, §3)
+        indexes = [models.Index(fields=["pubkey", "-id"], name="auth_challenges_pubkey")]
 
 
 class AuthSession(models.Model):

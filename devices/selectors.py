@@ -31,7 +31,7 @@ def _session_rows() -> tuple[sql.Rows, sql.Rows, sql.Rows, str]:
 
 
 def session_get_by_token(*, token: str) -> AuthSession | None:
-    """The live session for a bearer token, or None (unknown, expired, inactive device).
+    """The live session for a bearer token, or None (unknown, expired, inactive device, suspended user).
     Runs on every request: one hand-written query (decentcom.sql)."""
     now = timezone.now()
     sessions, users, devices, query = _session_rows()
@@ -44,7 +44,7 @@ def session_get_by_token(*, token: str) -> AuthSession | None:
     session.user = users.build(row[sessions.width:sessions.width + users.width])
     device_values = row[sessions.width + users.width:]
     session.device = None if device_values[0] is None else devices.build(device_values)
-    if not session.user.is_active:
+    if not session.user.is_active or session.user.is_suspended:
         return None
     if session.device is not None and not session.device.is_active(now):
         return None

@@ -12,7 +12,8 @@ from decentcom.ratelimit import rate_limit_hit
 from devices.models import AuthSession, Challenge, Device, User
 from devices.selectors import token_sha256
 from dms.selectors import server_settings_get
-from gateway.notify import close_device_connections_on_commit, notify_users_on_commit
+from gateway.notify import (close_device_connections_on_commit, close_user_connections_on_commit,
+                            notify_users_on_commit)
 
 logger = logging.getLogger("devices.services")
 
@@ -29,25 +30,50 @@ def _too_many(detail: str, retry_after: int) -> ApiError:
 
 # --- authentication (§3) -----------------------------------------------------
 
+MAX_OUTSTANDING_CHALLENGES = 5
+
+
 def challenge_create(*, pubkey: str, client_ip: str | None) -> Challenge:
+    """A login challenge. Limited per client address only: device ids are
+    public, so a limit per key would let anyone lock a key out. Instead a key
+    has at most 5 outstanding challenges, a new one replacing the oldest."""
     conf = server_settings_get()
-    for scope, key, limit in (("challenge-key", pubkey, conf.challenge_rate_per_key),
-                              ("challenge-ip", client_ip or "-", conf.challenge_rate_per_ip)):
-        wait = rate_limit_hit(scope=scope, key=key, limit=limit, window_s=60)
-        if wait:
-            raise _too_many("too many challenges, slow down", wait)
+    wait = rate_limit_hit(scope="challenge-ip", key=client_ip or "-", limit=conf.challenge_rate_per_ip, window_s=60)
+    if wait:
+        raise _too_many("too many challenges, slow down", wait)
     now = timezone.now()
-    return Challenge.objects.create(
-        challenge=protocol.b64e(secrets.token_bytes(32)), pubkey=pubkey, client_ip=client_ip,
-        created_at=now, expires_at=now + dt.timedelta(seconds=settings.CHALLENGE_TTL_SECONDS))
+    with transaction.atomic():
+        challenge = Challenge.objects.create(
+            challenge=protocol.b64e(secrets.token_bytes(32)), pubkey=pubkey, client_ip=client_ip,
+            created_at=now, expires_at=now + dt.timedelta(seconds=settings.CHALLENGE_TTL_SECONDS))
+        keep = list(Challenge.objects.filter(pubkey=pubkey).order_by("-id")
+                    .values_list("id", flat=True)[:MAX_OUTSTANDING_CHALLENGES])
+        Challenge.objects.filter(pubkey=pubkey).exclude(id__in=keep).delete()
+    return challenge
+
+
+def certificate_check(*, certificate: protocol.Certificate, now: dt.datetime) -> None:
+    """The server's rules for a parsed certificate (§2): 400, or 403 when expired."""
+    try:
+        protocol.cert_check_server(certificate, now=int(now.timestamp()))
+    except protocol.ProtocolError as exc:
+        raise ApiError(403 if exc.code == "certificate_expired" else 400, exc.code, exc.detail) from None
 
 
 def auth_verify(*, pubkey: str, challenge: str, signature: bytes,
                 certificate: protocol.Certificate | None, server_origin: str) -> tuple[AuthSession, str]:
-    """Check a signed challenge and open a master or device session.
+    """Check a signed challenge and open a master or device session; the
+    first login of a certified device key registers it (§3: proof of possession).
 
-    Returns the session and its bearer token (shown once, stored only hashed)."""
+    The certificate is checked in full before the challenge is used, and every
+    write after that is one transaction: a refused login leaves no user or
+    device behind. Returns the session and its bearer token (shown once,
+    stored only hashed)."""
     now = timezone.now()
+    if certificate is not None:
+        if certificate.device != pubkey:
+            raise ApiError(400, "invalid_certificate", "certificate is for another device key")
+        certificate_check(certificate=certificate, now=now)
     consumed, _ = Challenge.objects.filter(challenge=challenge, pubkey=pubkey, expires_at__gt=now).delete()
     if not consumed:
         raise ApiError(401, "invalid_challenge", "challenge is unknown, used, expired or not for this key")
@@ -55,20 +81,25 @@ def auth_verify(*, pubkey: str, challenge: str, signature: bytes,
     if not protocol.verify(protocol.b58_key(pubkey), signed, signature):
         raise ApiError(401, "bad_signature", f"signature does not verify for server {server_origin}")
 
-    device = Device.objects.select_related("user").filter(device_id=pubkey).first()
-    if certificate is not None:
-        if certificate.device != pubkey:
-            raise ApiError(400, "invalid_certificate", "certificate is for another device key")
-        if device is None or certificate.issued_at > int(device.issued_at.timestamp()):
-            user = user_get_or_create(user_id=certificate.master)
-            device, _ = device_register(user=user, certificate=certificate)
-    if device is not None:
+    with transaction.atomic():
+        device = Device.objects.select_related("user").filter(device_id=pubkey).first()
+        if certificate is not None and (device is None or certificate.issued_at > int(device.issued_at.timestamp())):
+            device = device_register(certificate=certificate)
+        if device is None:
+            return session_create(user=user_get_or_create(user_id=pubkey), device=None, now=now)
         if device.revoked_at is not None:
             raise ApiError(403, "device_revoked", "this device has been revoked")
         if not device.is_active(now):
             raise ApiError(403, "certificate_expired", "this device's certificate has expired")
+        _user_check_usable(device.user)
         return session_create(user=device.user, device=device, now=now)
-    return session_create(user=user_get_or_create(user_id=pubkey), device=None, now=now)
+
+
+def _user_check_usable(user: User) -> None:
+    if not user.is_key_user or not user.is_active:
+        raise ApiError(403, "forbidden", "this key cannot be used")
+    if user.is_suspended:
+        raise ApiError(403, "user_suspended", "this user is suspended by the server's admins")
 
 
 def user_get_or_create(*, user_id: str) -> User:
@@ -81,8 +112,7 @@ def user_get_or_create(*, user_id: str) -> User:
                 user = User.objects.create(username=user_id, is_key_user=True, password="!")
         except IntegrityError:
             user = User.objects.get(username=user_id)
-    if not user.is_key_user or not user.is_active:
-        raise ApiError(403, "forbidden", "this key cannot be used")
+    _user_check_usable(user)
     return user
 
 
@@ -110,41 +140,26 @@ def device_touch(*, device: Device, now=None) -> None:
 
 # --- devices (§4) ---------------------------------------------------------------
 
-def device_register(*, user: User, certificate: protocol.Certificate) -> tuple[Device, bool]:
-    """Register a certified device, or renew its certificate. Returns (device, created)."""
+def device_register(*, certificate: protocol.Certificate) -> Device:
+    """Register the device of a login signed by that device's own key
+    (`auth_verify`, the only caller), or renew it with a later certificate.
+    The certificate is already checked (`certificate_check`)."""
     from dms.services import conversations_bump_epoch_for_users
 
-    now = timezone.now()
-    try:
-        protocol.cert_check_server(certificate, now=int(now.timestamp()))
-    except protocol.ProtocolError as exc:
-        raise ApiError(403 if exc.code == "certificate_expired" else 400, exc.code, exc.detail) from None
-    if certificate.master != user.user_id:
-        raise ApiError(403, "forbidden", "the certificate's master is not your user")
     if User.objects.filter(username=certificate.device).exists():
         raise ApiError(409, "key_in_use", "this key is registered as a user's master key")
-
+    user = user_get_or_create(user_id=certificate.master)
     conf = server_settings_get()
+    now = timezone.now()
     with transaction.atomic():
-        User.objects.select_for_update().filter(pk=user.pk).get()  # serialises a user's registrations
-        device = Device.objects.select_for_update().filter(device_id=certificate.device).first()
-        fields = dict(name=certificate.name, certificate=certificate.wire(),
-                      permissions=list(certificate.permissions),
-                      issued_at=_ts(certificate.issued_at), expires_at=_ts(certificate.expires_at))
+        # The user row first: serialises a user's registrations and its suspension.
+        user = User.objects.select_for_update().get(pk=user.pk)
+        _user_check_usable(user)
+        device = Device.objects.select_for_update(no_key=True).filter(device_id=certificate.device).first()
         if device is not None:
             if device.user_id != user.pk:
                 raise ApiError(409, "key_in_use", "this device key belongs to another user")
-            if device.revoked_at is not None:
-                raise ApiError(403, "device_revoked", "a revoked device key is never accepted again")
-            if device.certificate.get("signature") == certificate.signature:
-                return device, False
-            if certificate.issued_at <= int(device.issued_at.timestamp()):
-                raise ApiError(409, "stale_certificate", "a later certificate is already registered")
-            for name, value in fields.items():
-                setattr(device, name, value)
-            device.save(update_fields=list(fields))
-            return device, False
-
+            return _device_renew_locked(device=device, certificate=certificate)
         if Device.objects.active(now).filter(user=user).count() >= conf.max_devices_per_user:
             raise ApiError(409, "device_limit_reached",
                            f"at most {conf.max_devices_per_user} active devices per user")
@@ -152,12 +167,46 @@ def device_register(*, user: User, certificate: protocol.Certificate) -> tuple[D
                               window_s=3600)
         if wait:
             raise _too_many("too many device registrations", wait)
-        device = Device.objects.create(user=user, device_id=certificate.device, created_at=now, **fields)
+        device = Device.objects.create(user=user, device_id=certificate.device, created_at=now,
+                                       **_certificate_fields(certificate))
         conversations_bump_epoch_for_users(user_ids=[user.pk], actor=user, now=now)
         notify_users_on_commit(user_ids=[user.username], op="DEVICE_ADD",
                                d={"device_id": device.device_id, "name": device.name})
     logger.info("device registered: user=%s device=%s", user.username[:8], device.device_id[:8])
-    return device, True
+    return device
+
+
+def device_renew(*, session: AuthSession, certificate: protocol.Certificate) -> Device:
+    """`POST /devices` (§4): a later certificate for the calling device
+    itself. Nobody registers or renews a key they did not log in with."""
+    if (session.device_id is None or certificate.master != session.user.username
+            or certificate.device != session.device.device_id):
+        raise ApiError(403, "proof_of_possession_required",
+                       "only the calling device renews its own certificate; a new device registers "
+                       "by logging in with its own key")
+    certificate_check(certificate=certificate, now=timezone.now())
+    with transaction.atomic():
+        device = Device.objects.select_for_update(no_key=True).get(pk=session.device_id)
+        return _device_renew_locked(device=device, certificate=certificate)
+
+
+def _certificate_fields(certificate: protocol.Certificate) -> dict:
+    return dict(name=certificate.name, certificate=certificate.wire(), permissions=list(certificate.permissions),
+                issued_at=_ts(certificate.issued_at), expires_at=_ts(certificate.expires_at))
+
+
+def _device_renew_locked(*, device: Device, certificate: protocol.Certificate) -> Device:
+    if device.revoked_at is not None:
+        raise ApiError(403, "device_revoked", "a revoked device key is never accepted again")
+    if device.certificate.get("signature") == certificate.signature:
+        return device
+    if certificate.issued_at <= int(device.issued_at.timestamp()):
+        raise ApiError(409, "stale_certificate", "a later certificate is already registered")
+    fields = _certificate_fields(certificate)
+    for name, value in fields.items():
+        setattr(device, name, value)
+    device.save(update_fields=list(fields))
+    return device
 
 
 def device_can_revoke(*, session: AuthSession, device: Device) -> bool:
@@ -168,21 +217,80 @@ def device_can_revoke(*, session: AuthSession, device: Device) -> bool:
 
 def device_revoke(*, device: Device, reason: str = "revoked") -> None:
     """End a device (§4): inactive, sessions gone, pending deliveries dropped,
-    epochs bumped, all in one transaction; events after commit."""
+    epochs bumped, all in one transaction; events after commit.
+
+    Lock order as everywhere (dms.services): the user's conversation rows (id
+    order) first, then the device, then pending_dms rows, then deliveries."""
+    from dms.services import conversations_bump_epoch_for_users, deliveries_drop_for_devices
+
+    if device.revoked_at is not None:
+        return
+    now = timezone.now()
+    user = device.user
+    with transaction.atomic():
+        conversations_bump_epoch_for_users(user_ids=[user.pk], actor=user, now=now)
+        if not Device.objects.filter(pk=device.pk, revoked_at__isnull=True).update(revoked_at=now):
+            transaction.set_rollback(True)  # revoked meanwhile: undo the bump and its events
+            device.revoked_at = Device.objects.get(pk=device.pk).revoked_at
+            return
+        AuthSession.objects.filter(device_id=device.pk).delete()
+        deliveries_drop_for_devices(device_ids=[device.pk])
+        notify_users_on_commit(user_ids=[user.username], op="DEVICE_REVOKE",
+                               d={"device_id": device.device_id, "name": device.name})
+        close_device_connections_on_commit(device_id=device.device_id, code=CLOSE_REVOKED)
+    device.revoked_at = now
+    logger.info("device %s: user=%s device=%s", reason, user.username[:8], device.device_id[:8])
+
+
+# --- suspension (§4) -------------------------------------------------------------------
+
+def user_suspend(*, user: User) -> bool:
+    """Make a key user's devices inactive everywhere, as a revocation would
+    (sessions end, pending deliveries dropped, epochs bumped, DEVICE_REVOKE,
+    connections closed 4003), but for as long as the suspension lasts: nothing
+    is revoked. Returns False if there was nothing to do."""
     from dms.services import conversations_bump_epoch_for_users, deliveries_drop_for_devices
 
     now = timezone.now()
     with transaction.atomic():
-        locked = Device.objects.select_for_update().get(pk=device.pk)
-        if locked.revoked_at is not None:
-            return
-        locked.revoked_at = now
-        locked.save(update_fields=["revoked_at"])
-        AuthSession.objects.filter(device=locked).delete()
-        deliveries_drop_for_devices(device_ids=[locked.pk])
-        conversations_bump_epoch_for_users(user_ids=[locked.user_id], actor=locked.user, now=now)
-        notify_users_on_commit(user_ids=[locked.user.username], op="DEVICE_REVOKE",
-                               d={"device_id": locked.device_id, "name": locked.name})
-        close_device_connections_on_commit(device_id=locked.device_id, code=CLOSE_REVOKED)
-    device.revoked_at = now
-    logger.info("device %s: user=%s device=%s", reason, locked.user.username[:8], locked.device_id[:8])
+        # user row, then conversations (id order), devices, pending_dms, deliveries
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        if not locked.is_key_user or locked.is_suspended:
+            return False
+        conversations_bump_epoch_for_users(user_ids=[locked.pk], actor=locked, now=now)
+        devices = list(Device.objects.active(now).select_for_update(no_key=True, of=("self",))
+                       .filter(user=locked).order_by("id"))
+        locked.suspended_at = now
+        locked.save(update_fields=["suspended_at"])
+        AuthSession.objects.filter(user=locked).delete()
+        deliveries_drop_for_devices(device_ids=list(Device.objects.filter(user=locked).values_list("pk", flat=True)))
+        for device in devices:
+            notify_users_on_commit(user_ids=[locked.username], op="DEVICE_REVOKE",
+                                   d={"device_id": device.device_id, "name": device.name})
+        close_user_connections_on_commit(user_id=locked.username, code=CLOSE_REVOKED)
+    user.suspended_at = now
+    logger.info("user suspended: user=%s devices=%d", locked.username[:8], len(devices))
+    return True
+
+
+def user_unsuspend(*, user: User) -> bool:
+    """Lift a suspension: the user's devices that are neither revoked nor
+    expired are active again (epoch bump, DEVICE_ADD). Returns False if the
+    user was not suspended."""
+    from dms.services import conversations_bump_epoch_for_users
+
+    now = timezone.now()
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        if not locked.is_suspended:
+            return False
+        locked.suspended_at = None
+        locked.save(update_fields=["suspended_at"])
+        conversations_bump_epoch_for_users(user_ids=[locked.pk], actor=locked, now=now)
+        devices = list(Device.objects.active(now).filter(user=locked).order_by("id"))
+        for device in devices:
+            notify_users_on_commit(user_ids=[locked.username], op="DEVICE_ADD",
+                                   d={"device_id": device.device_id, "name": device.name})
+    user.suspended_at = None
+    logger.info("user suspension lifted: user=%s devices=%d", locked.username[:8], len(devices))
+    return True

@@ -30,7 +30,8 @@ class ServerSettingsAdmin(admin.ModelAdmin):
                                   "max_undelivered_days")}),
         ("Limits", {"fields": ("max_ciphertext_bytes", "max_participants", "max_devices_per_user",
                                "max_conversations_per_user", "pending_quota", "max_recipients_per_message",
-                               "max_request_bytes", "max_gateway_connections_per_device")}),
+                               "max_request_bytes", "max_gateway_connections_per_device",
+                               "max_gateway_master_connections_per_user")}),
         ("Rate limits", {"fields": ("send_rate_per_device", "send_rate_per_user", "challenge_rate_per_key",
                                     "challenge_rate_per_ip", "registration_rate_per_user",
                                     "group_creation_rate_per_user")}),
@@ -111,7 +112,7 @@ class PendingDmAdmin(ReadOnlyAdmin):
                 *super().get_urls()]
 
     def purge_view(self, request):
-        if request.method != "POST" or not request.user.has_perm("dms.view_pendingdm"):
+        if request.method != "POST" or not request.user.has_perm("dms.change_pendingdm"):  # it deletes
             return HttpResponseRedirect(reverse("admin:dms_pendingdm_changelist"))
         counts = services.dm_purge_expired(now=timezone.now())
         self.message_user(request, "Purge done: " + ", ".join(f"{k} {v}" for k, v in counts.items()),

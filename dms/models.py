@@ -36,6 +36,8 @@ class ServerSettings(models.Model):
     group_creation_rate_per_user = models.PositiveIntegerField(
         default=30, help_text="group creations per hour; 0 = no limit")
     max_gateway_connections_per_device = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
+    max_gateway_master_connections_per_user = models.PositiveIntegerField(
+        default=5, validators=[MinValueValidator(1)], help_text="gateway connections of a user's master sessions")
     max_recipients_per_message = models.PositiveIntegerField(default=500, validators=[MinValueValidator(1)])
     max_request_bytes = models.PositiveIntegerField(
         default=256 * 1024, validators=[MinValueValidator(1024)],

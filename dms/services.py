@@ -397,7 +397,7 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
             "SELECT m.user_id, u.username, d.id, d.device_id, (SELECT COUNT(*) FROM dm_deliveries x "
             "WHERE x.device_id = d.id AND x.acked_at IS NULL) FROM dm_conversation_members m "
             "JOIN users u ON u.id = m.user_id LEFT JOIN devices d ON d.user_id = m.user_id "
-            "AND d.revoked_at IS NULL AND (d.expires_at IS NULL OR d.expires_at > %s) "
+            "AND d.revoked_at IS NULL AND (d.expires_at IS NULL OR d.expires_at > %s) AND u.suspended_at IS NULL "
             "WHERE m.conversation_id = %s", [sql.dt_param(now), conversation_id])
         rows = cursor.fetchall()
     members = {user_id: username for user_id, username, _, _, _ in rows}

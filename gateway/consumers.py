@@ -3,9 +3,9 @@
 Close codes: 4000 malformed frames kept coming; 4001 bad credentials, or the
 session ended (logout, expiry) while connected; 4002 heartbeat not answered in
 time; 4003 the device was revoked; 4008 the device already holds
-`max_gateway_connections_per_device` connections."""
+`max_gateway_connections_per_device` connections, or the user's master
+sessions together `max_gateway_master_connections_per_user`."""
 import asyncio
-import json
 import logging
 import time
 from urllib.parse import parse_qs
@@ -16,6 +16,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from decentcom.errors import ApiError
+from decentcom.parsers import json_loads
+from decentcom.ratelimit import client_address
 from gateway import selectors, services
 from gateway.notify import device_group, frame, user_group
 
@@ -38,9 +41,9 @@ def parse_frame(text_data: str | None) -> tuple[dict | None, str]:
     if len(text_data) > MAX_FRAME_CHARS:
         return None, f"frame is over {MAX_FRAME_CHARS} characters"
     try:
-        content = json.loads(text_data)
-    except (ValueError, RecursionError):
-        return None, "frame is not JSON"
+        content = json_loads(text_data)  # the API's own rules: depth, int64, finite
+    except ApiError as exc:
+        return None, str(exc.detail)
     if not isinstance(content, dict):
         return None, "frame must be a JSON object"
     if not isinstance(content.get("op"), str) or not content["op"]:
@@ -68,17 +71,19 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
         session = await database_sync_to_async(services.gateway_authenticate)(
             authorization=self._header(b"authorization"), ticket=self._query("ticket"))
         if session is None:
-            logger.info("gateway: authentication failed from %s", (self.scope.get("client") or ["?"])[0])
+            logger.info("gateway: authentication failed from %s", client_address({
+                "REMOTE_ADDR": (self.scope.get("client") or [""])[0],
+                "HTTP_X_FORWARDED_FOR": self._header(b"x-forwarded-for").decode("latin-1")}))
             await self.close_with(CLOSE_AUTH_FAILED)
             return
         self.session_id, self.user_id = session.pk, session.user.username
         if session.device is not None:
             self.device_id, self.device_pk = session.device.device_id, session.device.pk
-            allowed, self.slot_key = await database_sync_to_async(services.gateway_slot_claim)(
-                device_id=self.device_id, owner=self.channel_name)
-            if not allowed:
-                await self.close_with(CLOSE_TOO_MANY_CONNECTIONS)
-                return
+        allowed, self.slot_key = await database_sync_to_async(services.gateway_slot_claim)(
+            user_id=self.user_id, device_id=self.device_id, owner=self.channel_name)
+        if not allowed:
+            await self.close_with(CLOSE_TOO_MANY_CONNECTIONS)
+            return
         await self._join_groups()
         # Read after joining: a message committed from here on also rings the bell.
         hello = await database_sync_to_async(selectors.gateway_hello_get)(session_id=self.session_id)

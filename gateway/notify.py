@@ -66,3 +66,8 @@ def notify_users_on_commit(*, user_ids, op: str, d: dict) -> None:
 
 def close_device_connections_on_commit(*, device_id: str, code: int) -> None:
     _on_commit([(device_group(device_id), {"type": "gateway.close", "code": code})])
+
+
+def close_user_connections_on_commit(*, user_id: str, code: int) -> None:
+    """Every connection of a user, master sessions' too (suspension)."""
+    _on_commit([(user_group(user_id), {"type": "gateway.close", "code": code})])

@@ -9,11 +9,11 @@ CLOSE_REVOKED = 4003
 
 def gateway_session_get(*, session_id: int) -> AuthSession | None:
     """The session if it is still live: not logged out or expired, its user
-    active, its device (if any) neither revoked nor expired."""
+    active and not suspended, its device (if any) neither revoked nor expired."""
     now = timezone.now()
     session = (AuthSession.objects.select_related("user", "device")
                .filter(pk=session_id, expires_at__gt=now).first())
-    if session is None or not session.user.is_active:
+    if session is None or not session.user.is_active or session.user.is_suspended:
         return None
     if session.device is not None and not session.device.is_active(now):
         return None
@@ -25,8 +25,8 @@ def gateway_session_close_code(*, session_id: int, device_pk: int | None) -> int
     if gateway_session_get(session_id=session_id) is not None:
         return None
     if device_pk is not None:
-        device = Device.objects.filter(pk=device_pk).first()
-        if device is None or not device.is_active():
+        device = Device.objects.select_related("user").filter(pk=device_pk).first()
+        if device is None or not device.is_active() or device.user.is_suspended:
             return CLOSE_REVOKED
     return CLOSE_AUTH_FAILED
 

@@ -1,4 +1,4 @@
-"""Gateway writes: single-use tickets (§9) and per-device connection slots."""
+"""Gateway writes: single-use tickets (§9) and connection slots per device and per master user."""
 import datetime as dt
 import logging
 import math
@@ -72,26 +72,33 @@ def gateway_authenticate(*, authorization: bytes, ticket: str | None) -> AuthSes
 
 
 # --- connection slots ---------------------------------------------------------------
-# A device holds at most `max_gateway_connections_per_device` slots. A slot is a
-# cache key (Redis when REDIS_URL is set, so the limit holds across processes)
-# claimed atomically with `add` and leased: renewed at each answered heartbeat,
-# so the slots of a crashed process free themselves within one lease.
+# A device holds at most `max_gateway_connections_per_device` slots, and the
+# master sessions of a user together at most
+# `max_gateway_master_connections_per_user` (§9). A slot is a cache key (Redis
+# when REDIS_URL is set, so the limit holds across processes) claimed
+# atomically with `add` and leased: renewed at each answered heartbeat, so the
+# slots of a crashed process free themselves within one lease.
 
-def _slot_key(device_id: str, slot: int) -> str:
-    return f"gw:slot:{device_id}:{slot}"
+def _slot_key(holder: str, slot: int) -> str:
+    return f"gw:slot:{holder}:{slot}"
 
 
 def _slot_lease_s() -> int:
     return math.ceil((settings.GATEWAY_HEARTBEAT_INTERVAL_MS + settings.GATEWAY_HEARTBEAT_GRACE_MS) / 1000) + 5
 
 
-def gateway_slot_claim(*, device_id: str, owner: str) -> tuple[bool, str | None]:
-    """Returns (allowed, slot key). A cache outage lets the connection in
-    untracked (key None), as rate limits do."""
-    limit = server_settings_get().max_gateway_connections_per_device
+def gateway_slot_claim(*, user_id: str, device_id: str | None, owner: str) -> tuple[bool, str | None]:
+    """A slot for a connection of this device, or (`device_id` None) of this
+    user's master sessions. Returns (allowed, slot key). A cache outage lets
+    the connection in untracked (key None), as rate limits do."""
+    conf = server_settings_get()
+    if device_id is None:
+        holder, limit = f"master:{user_id}", conf.max_gateway_master_connections_per_user
+    else:
+        holder, limit = f"device:{device_id}", conf.max_gateway_connections_per_device
     try:
         for slot in range(limit):
-            key = _slot_key(device_id, slot)
+            key = _slot_key(holder, slot)
             if cache.add(key, owner, timeout=_slot_lease_s()):
                 return True, key
     except Exception as exc:  # noqa: BLE001 - any cache failure fails open

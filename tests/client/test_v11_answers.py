@@ -110,9 +110,10 @@ def test_ttl_bounds_in_errors_come_from_get_server_and_never_widen(new_client, l
     lying.rewrite = describe(100000)  # a server that claims more does not widen the client's own bound
     code, out, _ = cli_run(capsys, alice, *new, "--ttl-days", str(LONGEST_RETENTION_DAYS + 1), transport=lying)
     assert (code, json.loads(out)["max_ttl_days"]) == (1, LONGEST_RETENTION_DAYS)
-    # no GET /server (404 from an older server): the client's own bounds
-    lying.rewrite = lambda request, forward: (answer(404, {"error": "not_found", "detail": "no such endpoint"})
-                                              if is_(request, "GET", "/server") else None)
+    def older_server(request, forward):  # no GET /server (404 from a v1 server): the client's own bounds
+        if is_(request, "GET", "/server"):
+            return answer(404, {"error": "not_found", "detail": "no such endpoint"})
+    lying.rewrite = older_server
     code, out, _ = cli_run(capsys, alice, *new, transport=lying)
     assert (code, json.loads(out)["detail"]) == (
         1, f"--policy ttl needs --ttl-days 1..{LONGEST_RETENTION_DAYS} (this client's longest)")

@@ -50,30 +50,53 @@ def test_own_device_list_marks_current_and_keeps_revoked():
     assert by_id[alice.devices[1].id]["revoked_at"] is not None
 
 
-def test_register_device_by_certificate_then_idempotent_then_renewal_then_stale():
+def test_renew_own_certificate_then_idempotent_then_stale():
     alice = make_person(1)
-    master_client = alice.master_client()
-    new = Keys()
+    me = alice.device
     now = int(time.time())
-    cert = issue_cert(alice.master, new, name="tablet", issued_at=now - 10, permissions=[])
-    first = master_client.post("/api/v1/devices", {"certificate": cert}, format="json")
-    assert first.status_code == 201 and first.json()["device_id"] == new.id
-    assert master_client.post("/api/v1/devices", {"certificate": cert}, format="json").status_code == 200
-    renewed = issue_cert(alice.master, new, name="tablet 2", issued_at=now, permissions=["manage_devices"])
-    response = master_client.post("/api/v1/devices", {"certificate": renewed}, format="json")
+    same = me.client.post("/api/v1/devices", {"certificate": me.cert}, format="json")
+    assert same.status_code == 200 and same.json()["device_id"] == me.id
+    renewed = issue_cert(alice.master, me.keys, name="tablet 2", issued_at=now + 5, permissions=[])
+    response = me.client.post("/api/v1/devices", {"certificate": renewed}, format="json")
     assert response.status_code == 200 and response.json()["name"] == "tablet 2"
-    assert Device.objects.get(device_id=new.id).permissions == ["manage_devices"]
-    stale = issue_cert(alice.master, new, name="old", issued_at=now - 5)
-    response = master_client.post("/api/v1/devices", {"certificate": stale}, format="json")
+    assert Device.objects.get(device_id=me.id).permissions == []
+    assert me.client.post("/api/v1/devices", {"certificate": renewed}, format="json").status_code == 200
+    stale = issue_cert(alice.master, me.keys, name="old", issued_at=now - 5)
+    response = me.client.post("/api/v1/devices", {"certificate": stale}, format="json")
     assert response.status_code == 409 and response.json()["error"] == "stale_certificate"
+    assert Device.objects.get(device_id=me.id).name == "tablet 2"
 
 
-def test_register_certificate_of_another_master_is_refused():
-    alice, bob = make_person(1), make_person(1)
-    cert = issue_cert(bob.master, Keys())
-    response = alice.device.client.post("/api/v1/devices", {"certificate": cert}, format="json")
-    assert response.status_code == 403
-    assert Device.objects.filter(user__username=alice.id).count() == 1
+@pytest.mark.parametrize("caller", ["master", "sibling", "other_user"])
+def test_nobody_registers_a_key_they_do_not_hold(caller):
+    """Key squatting (v1.1 §3/§4): POST /devices never registers another key,
+    so the key's owner's first login registers it as their own device."""
+    alice, mallory = make_person(1), make_person(1)
+    victim_master, victim_device = Keys(), Keys()
+    client = {"master": mallory.master_client(), "sibling": mallory.device.client,
+              "other_user": alice.device.client}[caller]
+    squat = issue_cert(mallory.master, victim_device, name="squatted")
+    response = client.post("/api/v1/devices", {"certificate": squat}, format="json")
+    assert response.status_code == 403 and response.json()["error"] == "proof_of_possession_required"
+    assert not Device.objects.filter(device_id=victim_device.id).exists()
+    # the owner's login registers the key under the owner's own user
+    login(victim_device, certificate=issue_cert(victim_master, victim_device))
+    assert Device.objects.get(device_id=victim_device.id).user.username == victim_master.id
+
+
+def test_renewal_of_a_sibling_or_by_master_session_is_refused():
+    alice = make_person(2)
+    first, second = alice.devices
+    later = issue_cert(alice.master, second.keys, name="renamed", issued_at=int(time.time()) + 5)
+    for client in (first.client, alice.master_client()):
+        response = client.post("/api/v1/devices", {"certificate": later}, format="json")
+        assert response.status_code == 403 and response.json()["error"] == "proof_of_possession_required"
+    assert Device.objects.get(device_id=second.id).name == second.cert["name"]
+    # a certificate for my key but from another master is refused too
+    bob = make_person(1)
+    foreign = issue_cert(bob.master, first.keys, issued_at=int(time.time()) + 5)
+    response = first.client.post("/api/v1/devices", {"certificate": foreign}, format="json")
+    assert response.status_code == 403 and response.json()["error"] == "proof_of_possession_required"
 
 
 def test_device_limit():
@@ -81,14 +104,13 @@ def test_device_limit():
     conf.max_devices_per_user = 2
     conf.save()
     alice = make_person(2)
-    response = alice.master_client().post(
-        "/api/v1/devices", {"certificate": issue_cert(alice.master, Keys())}, format="json")
+    extra = Keys()
+    response = verify(APIClient(), extra, certificate=issue_cert(alice.master, extra))
     assert response.status_code == 409 and response.json()["error"] == "device_limit_reached"
+    assert not Device.objects.filter(device_id=extra.id).exists()
     # revoking one makes room
     alice.master_client().delete(f"/api/v1/devices/{alice.devices[1].id}")
-    response = alice.master_client().post(
-        "/api/v1/devices", {"certificate": issue_cert(alice.master, Keys())}, format="json")
-    assert response.status_code == 201
+    assert verify(APIClient(), extra, certificate=issue_cert(alice.master, extra)).status_code == 200
 
 
 def test_device_registration_rate_limit():
@@ -96,8 +118,8 @@ def test_device_registration_rate_limit():
     conf.registration_rate_per_user = 1
     conf.save()
     alice = make_person(1)
-    response = alice.master_client().post(
-        "/api/v1/devices", {"certificate": issue_cert(alice.master, Keys())}, format="json")
+    extra = Keys()
+    response = verify(APIClient(), extra, certificate=issue_cert(alice.master, extra))
     assert response.status_code == 429 and "Retry-After" in response
 
 
@@ -131,9 +153,8 @@ def test_revocation_ends_sessions_and_key_is_never_accepted_again():
     assert response.status_code == 403 and response.json()["error"] == "device_revoked"
     # not with a fresh certificate either, nor as a master key, nor re-registered
     fresh = issue_cert(alice.master, victim.keys, issued_at=int(time.time()) + 60)
-    assert verify(APIClient(), victim.keys, certificate=fresh).status_code == 403
-    response = alice.master_client().post("/api/v1/devices", {"certificate": fresh}, format="json")
-    assert response.status_code == 403
+    response = verify(APIClient(), victim.keys, certificate=fresh)
+    assert response.status_code == 403 and response.json()["error"] == "device_revoked"
     # revoking twice is harmless
     assert alice.master_client().delete(f"/api/v1/devices/{victim.id}").status_code == 204
 
@@ -145,7 +166,7 @@ def test_device_key_cannot_become_a_master_and_vice_versa():
     assert not User.objects.filter(username=alice.device.id).exists()
     bob = make_person(1)
     cert = issue_cert(alice.master, bob.master)  # bob's master key as alice's device
-    response = alice.master_client().post("/api/v1/devices", {"certificate": cert}, format="json")
+    response = verify(APIClient(), bob.master, certificate=cert)
     assert response.status_code == 409 and response.json()["error"] == "key_in_use"
 
 

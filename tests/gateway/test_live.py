@@ -1,57 +1,14 @@
 """Two daphne processes sharing one Redis and one database: an event raised in
 one reaches a connection held by the other, and only the right one."""
 import asyncio
-import json
 import time
 
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from tests.factories import build_send, create_conversation, directory, make_person, send
+from tests.gateway.wsutil import Listener
 
 pytestmark = [pytest.mark.live, pytest.mark.requires_redis]
-
-
-class Listener:
-    """A gateway connection that stamps each frame with its arrival time."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.frames: list[tuple[float, dict]] = []
-        self.close_code = None
-        self.task = asyncio.create_task(self._read())
-
-    @classmethod
-    async def open(cls, server, token: str) -> "Listener":
-        ws = await connect(server.ws_url, additional_headers={"Authorization": f"Bearer {token}"})
-        listener = cls(ws)
-        await listener.wait_for("HELLO")
-        return listener
-
-    async def _read(self):
-        try:
-            async for message in self.ws:
-                self.frames.append((time.monotonic(), json.loads(message)))
-        except ConnectionClosed:  # any code but 1000/1001
-            pass
-        self.close_code = self.ws.close_code
-
-    async def wait_for(self, op: str, timeout: float = 5) -> tuple[float, dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for arrived, frame in self.frames:
-                if frame["op"] == op:
-                    return arrived, frame
-            await asyncio.sleep(0.005)
-        raise AssertionError(f"no {op} in {timeout} s: {self.frames}")
-
-    def ops(self) -> list[str]:
-        return [frame["op"] for _, frame in self.frames]
-
-    async def close(self):
-        await self.ws.close()
-        await self.task
 
 
 def test_dm_notify_crosses_processes_and_reaches_only_the_recipient(daphne_factory):

@@ -1,8 +1,12 @@
-"""Gateway clients for tests: WebsocketCommunicator against the real ASGI application."""
+"""Gateway clients for tests: WebsocketCommunicator against the real ASGI
+application, and `Listener`, a real WebSocket to a live daphne."""
+import asyncio
 import json
 import time
 
 from channels.testing import WebsocketCommunicator
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from decentcom.asgi import application
 
@@ -69,3 +73,44 @@ async def silent(*comms: WebsocketCommunicator, timeout: float = 0.3) -> bool:
 async def close_all(*comms: WebsocketCommunicator) -> None:
     for comm in comms:
         await comm.disconnect()
+
+
+class Listener:
+    """A gateway connection that stamps each frame with its arrival time."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.frames: list[tuple[float, dict]] = []
+        self.close_code = None
+        self.task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, server, token: str) -> "Listener":
+        ws = await ws_connect(server.ws_url, additional_headers={"Authorization": f"Bearer {token}"})
+        listener = cls(ws)
+        await listener.wait_for("HELLO")
+        return listener
+
+    async def _read(self):
+        try:
+            async for message in self.ws:
+                self.frames.append((time.monotonic(), json.loads(message)))
+        except ConnectionClosed:  # any code but 1000/1001
+            pass
+        self.close_code = self.ws.close_code
+
+    async def wait_for(self, op: str, timeout: float = 5) -> tuple[float, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for arrived, frame in self.frames:
+                if frame["op"] == op:
+                    return arrived, frame
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"no {op} in {timeout} s: {self.frames}")
+
+    def ops(self) -> list[str]:
+        return [frame["op"] for _, frame in self.frames]
+
+    async def close(self):
+        await self.ws.close()
+        await self.task

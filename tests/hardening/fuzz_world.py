@@ -1,4 +1,4 @@
-"""A small populated mailbox for the schema fuzzer, and the ids it aims at.
+"""A small populated mailbox on a live server for the schema fuzzer, and the ids it aims at.
 
 Random bytes from the schema almost never name a real conversation, user or
 device, and never carry a valid signature, so left alone the fuzzer would
@@ -9,15 +9,14 @@ deeper checks (membership, certificates, signatures, retries) are reached too.
 import time
 import uuid
 
-from django.utils import timezone
+import secrets
+
 from hypothesis import strategies as st
 
 from decentcom import protocol
-from devices.models import AuthSession, Device
 from devices.selectors import token_sha256
-from devices.services import session_create
-from dms.selectors import server_settings_get
 from tests.factories import Keys, build_send, create_conversation, issue_cert, login, make_person, send
+from tests.live import LiveServer
 
 GENERATED = "generated"
 # Path ids the schema's pattern would never produce: any script, and often NUL,
@@ -33,14 +32,12 @@ def pick(data, weights: dict[str, int]) -> str:
     return data.draw(st.sampled_from([key for key, weight in weights.items() for _ in range(weight)]))
 
 
-def _no_rate_limits() -> None:
-    # The fuzzer sends far more than a person would; limits have their own tests.
-    conf = server_settings_get()
-    conf.send_rate_per_device = conf.send_rate_per_user = 0
-    conf.challenge_rate_per_key = conf.challenge_rate_per_ip = 0
-    conf.registration_rate_per_user = conf.group_creation_rate_per_user = 0
-    conf.max_devices_per_user = 1000
-    conf.save()
+def no_rate_limits(server: LiveServer) -> None:
+    """The fuzzer sends far more than a person would; limits have their own tests."""
+    server.database.sql(
+        "UPDATE dm_server_settings SET send_rate_per_device = 0, send_rate_per_user = 0, "
+        "challenge_rate_per_key = 0, challenge_rate_per_ip = 0, registration_rate_per_user = 0, "
+        "group_creation_rate_per_user = 0, max_devices_per_user = 1000, max_conversations_per_user = 100000")
 
 
 class World:
@@ -48,9 +45,10 @@ class World:
     dave who shares nothing with alice; a direct conversation and a group
     with messages both ways; a direct conversation alice is not part of."""
 
-    def __init__(self):
-        _no_rate_limits()
-        self.alice, self.bob, self.carol, self.dave = make_person(2), make_person(1), make_person(1), make_person(1)
+    def __init__(self, server: LiveServer):
+        self.server = server
+        people = [make_person(n, base_url=server.url) for n in (2, 1, 1, 1)]
+        self.alice, self.bob, self.carol, self.dave = people
         self.caller = self.alice.devices[0]
         self.spare = self.alice.devices[1]
         self.direct = create_conversation(self.caller, [self.bob.id])
@@ -61,10 +59,13 @@ class World:
             self.send_valid(conversation)
             assert send(self.bob.device, build_send(self.bob.device, conversation)).status_code == 201
         self.cursors = {"sync": self._sync_cursor(), "history": self._history_cursor()}
-        # A real session of the caller's device, under a token known before the test starts.
-        device = Device.objects.select_related("user").get(device_id=self.caller.id)
-        session, _ = session_create(user=device.user, device=device, now=timezone.now())
-        AuthSession.objects.filter(pk=session.pk).update(token_sha256=token_sha256(CALLER_TOKEN))
+        # A real session of the caller's device, under a token known before the
+        # test starts (an earlier world's session gives the token up).
+        sql = server.database.sql
+        sql("UPDATE auth_sessions SET token_sha256 = %s WHERE token_sha256 = %s",
+            (secrets.token_hex(32), token_sha256(CALLER_TOKEN)))
+        sql("UPDATE auth_sessions SET token_sha256 = %s WHERE token_sha256 = %s",
+            (token_sha256(CALLER_TOKEN), token_sha256(self.fresh_token())))
         self.token = CALLER_TOKEN
 
     def send_valid(self, conversation: dict) -> dict:
@@ -89,7 +90,7 @@ class World:
         return [m["message_id"] for m in page["messages"]]
 
     def fresh_token(self) -> str:
-        return login(self.caller.keys).token
+        return login(self.caller.keys, base_url=self.server.url).token
 
     def new_device_cert(self, **kw) -> tuple[Keys, dict]:
         keys = Keys()
@@ -97,8 +98,10 @@ class World:
 
     # -- choosing real values ------------------------------------------------------
 
-    def aim(self, case, data) -> None:
-        """Maybe replace parts of `case` with real values, and choose its credentials."""
+    def aim(self, case, data) -> dict:
+        """Maybe replace parts of `case` with real values, and choose its
+        credentials. Returns the headers set here (real credentials, which the
+        auth checks must not take for generated ones)."""
         operation = f"{case.method.upper()} {case.path}"
         params = case.path_parameters or {}
         if "conversation_id" in params:
@@ -131,18 +134,20 @@ class World:
         aim_body = self._BODIES.get(operation)
         if aim_body is not None and isinstance(case.body, dict):
             aim_body(self, case, data)
-        self._credentials(case, operation, data)
+        headers = self._credentials(case, operation, data)
         case.meta  # noqa: B018 - re-checks the edited case, so negative checks judge what is sent
+        return headers
 
-    def _credentials(self, case, operation: str, data) -> None:
+    def _credentials(self, case, operation: str, data) -> dict:
         if operation == "POST /api/v1/auth/logout":
             token = self.fresh_token()  # the caller's own session must outlive the run
         else:
             who = pick(data, {"device": 6, "master": 1, GENERATED: 1})
             if who == GENERATED:
-                return
+                return {}
             token = self.token if who == "device" else self.alice.master_client().token
         case.headers["Authorization"] = f"Bearer {token}"
+        return {"Authorization": case.headers["Authorization"]}
 
     def _aim_dms_send(self, case, data) -> None:
         choice = pick(data, {"valid": 2, "retry": 1, "reused_id": 1, "stale": 1, "foreign": 1, "bad_signature": 1,
@@ -213,7 +218,7 @@ class World:
         if choice == "master":
             keys = self.alice.master
         challenge = self.caller.client.post("/api/v1/auth/challenge", {"pubkey": keys.id}, format="json").json()
-        origin = "http://evil.example" if choice == "wrong_origin" else "http://localhost"
+        origin = "http://evil.example" if choice == "wrong_origin" else self.caller.client.origin
         signed = protocol.auth_signed_bytes(challenge=challenge["challenge"], pubkey=keys.id, server=origin)
         case.body = {"pubkey": keys.id, "challenge": challenge["challenge"],
                      "signature": protocol.b64e(keys.sign(signed))}

@@ -429,7 +429,12 @@ def cmd_dm_send(args, out: Output) -> None:
             return False
         return input("Send under the new policy? [y/N] ").strip().lower() in ("y", "yes")
 
-    result = client.send(conversation_id, args.text, confirm_retention=confirm)
+    try:
+        result = client.send(conversation_id, args.text, confirm_retention=confirm)
+    except ClientError:
+        for problem in client.untrusted:  # why the send failed, if a certificate did (loud for verified contacts)
+            notice(out.names.untrusted_device(problem["device_id"], problem["user_id"], problem["reason"]))
+        raise
     for problem in result.untrusted_devices:
         notice(out.names.untrusted_device(problem["device_id"], problem["user_id"], problem["reason"]))
     if result.unreachable:
@@ -489,7 +494,7 @@ def cmd_dm_history(args, out: Output) -> None:
     else:
         messages = client.history(cid, limit=args.limit)
         if not client.with_status(messages, refresh=True):
-            notice("offline: delivery marks are the last this device knows")
+            notice("delivery status not available now: the marks are the last this device knows")
         text = "\n".join(item_text(m, out.names) for m in messages)
     warn_about(out, client.conversation(cid).participants)
     out.result({"conversation_id": cid, "messages": messages}, text or "no messages")

@@ -911,13 +911,14 @@ class Client:
     def with_status(self, items: list[dict], *, refresh: bool) -> bool:
         """Our own messages among `items` get their `status` (counts) and
         `mark`, refreshed first in one call when `refresh`. False when the
-        refresh failed for want of a network: the marks are the last known."""
+        refresh failed (no network, or a server before v1.1 §7a): the marks
+        are then the last this store knows."""
         own = [i for i in items if i.get("type") == "message" and i.get("sender") == self.user_id]
         online = True
         if refresh and own:
             try:
                 self.refresh_statuses([i["message_id"] for i in own])
-            except NetworkError:
+            except (NetworkError, ApiError):
                 online = False
         for item in own:
             stored = self.stored_status(item["message_id"])

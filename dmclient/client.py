@@ -908,6 +908,23 @@ class Client:
         return {"type": "status", "message_id": d["message_id"], "conversation_id": cid, "counts": counts,
                 "mark": delivery_mark(counts)}
 
+    def catch_up_statuses(self) -> list[dict]:
+        """After a (re)connection: the changes that DM_STATUS events would have
+        told while away, for our messages still pending somewhere (one POST)."""
+        before = {r[0]: json.loads(r[1]) for r in self.store.db.execute(
+            "SELECT message_id, counts FROM delivery_status ORDER BY updated_at DESC LIMIT ?", (STATUS_PAGE,))}
+        before = {m: c for m, c in before.items() if c.get("pending")}
+        if not before:
+            return []
+        self.refresh_statuses(list(before))
+        items = []
+        for message_id, old in sorted(before.items()):
+            now = self.stored_status(message_id)
+            if now["counts"] != old:
+                items.append({"type": "status", "message_id": message_id, "conversation_id": now["conversation_id"],
+                              "counts": now["counts"], "mark": delivery_mark(now["counts"])})
+        return items
+
     def with_status(self, items: list[dict], *, refresh: bool) -> bool:
         """Our own messages among `items` get their `status` (counts) and
         `mark`, refreshed first in one call when `refresh`. False when the

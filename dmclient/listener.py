@@ -117,6 +117,11 @@ class Listener:
             self.pending_hint = d.get("pending_count") if isinstance(d.get("pending_count"), int) else None
             self.emit({"event": "connected", "pending_count": self.pending_hint})
             self.sync_wanted.set()
+            try:  # DM_STATUS events missed while away
+                for item in await self._worker(self.client.catch_up_statuses):
+                    self.emit(item)
+            except (ApiError, NetworkError) as exc:
+                self.emit({"event": "status_failed", "detail": str(exc)})
             return True
         elif op == "DM_NOTIFY":
             self.sync_wanted.set()

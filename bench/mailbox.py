@@ -39,7 +39,7 @@ TARGET = {"sends_per_s": 3 * 130, "drain_per_s": 2 * 6600, "notify_p50_ms": 10}
 
 BENCH_SETTINGS = ("from dms.selectors import server_settings_get; from dms.services import server_settings_update; "
                   "s = server_settings_get(); s.send_rate_per_device = 0; s.send_rate_per_user = 0; "
-                  "s.challenge_rate_per_key = 0; s.challenge_rate_per_ip = 0; s.registration_rate_per_user = 0; "
+                  "s.challenge_rate_per_ip = 0; s.registration_rate_per_user = 0; "
                   "s.group_creation_rate_per_user = 0; s.pending_quota = 1_000_000_000; "
                   "s.max_participants = max(s.max_participants, {k} + 1); "
                   "s.max_recipients_per_message = max(s.max_recipients_per_message, {k}); "
@@ -369,6 +369,10 @@ def _purge_fill(n: int, fixture: dict, size: int, now: dt.datetime) -> None:
             "INSERT INTO dm_used_message_ids (message_id, sender_device_id, ciphertext_sha256, response, "
             "created_at, message_gone_at) SELECT message_id, sender_device_id, ciphertext_sha256, '{}', %s, NULL "
             "FROM pending_dms WHERE expires_at = %s", [created, expires])
+        cursor.execute(  # a pending delivery state (§7a) per delivery, as a send writes them
+            "INSERT INTO dm_delivery_states (message_id, device_id, state, reason, at) SELECT d.message_id, "
+            "d.device_id, 'pending', NULL, NULL FROM dm_deliveries d JOIN pending_dms m ON m.message_id = d.message_id "
+            "WHERE m.expires_at = %s", [expires])
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
 
@@ -380,6 +384,8 @@ def _raw_delete(now: dt.datetime) -> None:
     expired = "SELECT message_id FROM pending_dms WHERE expires_at <= %s"
     with transaction.atomic(), connection.cursor() as cursor:
         # The delivery FK is not ON DELETE CASCADE in the database: deliveries first.
+        cursor.execute(f"UPDATE dm_delivery_states SET state = 'expired', at = %s WHERE state = 'pending' "
+                       f"AND message_id IN ({expired})", [at, at])
         cursor.execute(f"DELETE FROM dm_deliveries WHERE message_id IN ({expired})", [at])
         cursor.execute(f"UPDATE dm_used_message_ids SET message_gone_at = %s WHERE message_id IN ({expired})",
                        [at, at])

@@ -6,9 +6,11 @@ from django.db.models.functions import Length
 from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
+from decentcom.timefmt import rfc3339
 from dms import services
-from dms.models import Conversation, Delivery, PendingDm, ServerSettings
+from dms.models import Conversation, Delivery, DeliveryState, PendingDm, ServerSettings
 from dms.selectors import server_settings_get
 
 
@@ -32,7 +34,7 @@ class ServerSettingsAdmin(admin.ModelAdmin):
                                "max_conversations_per_user", "pending_quota", "max_recipients_per_message",
                                "max_request_bytes", "max_gateway_connections_per_device",
                                "max_gateway_master_connections_per_user")}),
-        ("Rate limits", {"fields": ("send_rate_per_device", "send_rate_per_user", "challenge_rate_per_key",
+        ("Rate limits", {"fields": ("send_rate_per_device", "send_rate_per_user",
                                     "challenge_rate_per_ip", "registration_rate_per_user",
                                     "group_creation_rate_per_user")}),
     )
@@ -79,7 +81,7 @@ class PendingDmAdmin(ReadOnlyAdmin):
                     "pending_deliveries", "acked_deliveries", "created_at", "expires_at")
     list_filter = ("policy",)
     fields = ("message_id", "conversation", "sender_device", "epoch", "policy", "ttl_days", "size_bytes",
-              "sha256_prefix", "created_at", "expires_at")
+              "sha256_prefix", "created_at", "expires_at", "delivery_states")
     readonly_fields = fields
     inlines = [DeliveryInline]
     list_select_related = ("sender_device",)
@@ -106,6 +108,16 @@ class PendingDmAdmin(ReadOnlyAdmin):
     @admin.display(description="ACKed", ordering="acked")
     def acked_deliveries(self, obj):
         return obj.acked
+
+    @admin.display(description="delivery states (§7a)")
+    def delivery_states(self, obj):
+        rows = (DeliveryState.objects.filter(message_id=obj.pk).order_by("device__device_id")
+                .values_list("device__device_id", "device__user__username", "state", "reason", "at"))
+        return format_html(
+            "<table><tr><th>device</th><th>user</th><th>state</th><th>reason</th><th>at</th></tr>{}</table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                             ((device, user[:12] + "…", state, reason or "", rfc3339(at) or "") for
+                              device, user, state, reason, at in rows)))
 
     def get_urls(self):
         return [path("purge/", self.admin_site.admin_view(self.purge_view), name="dms_pendingdm_purge"),

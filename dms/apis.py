@@ -11,8 +11,9 @@ from decentcom.fields import B58KeyField
 from devices.apis import b58_path, is_key_id, server_origin
 from dms import selectors, services
 from dms.selectors import conversation_participants_map
-from dms.serializers import (AckInput, AckOutput, ConversationOutput, MessagePageOutput, RetentionSerializer,
-                             SendInput, SendOutput, ServerDescriptionOutput, SyncInput, send_input_validate)
+from dms.serializers import (AckInput, AckOutput, ConversationOutput, DeliveryStatusOutput, MessagePageOutput,
+                             RetentionSerializer, SendInput, SendOutput, ServerDescriptionOutput, StatusInput,
+                             StatusOutput, SyncInput, send_input_validate)
 from dms.wire import conversation_wire
 
 
@@ -189,3 +190,36 @@ class DmAckApi(APIView):
                                         failed=data.validated_data["failed"]))
 
 
+
+
+STATUS_WHO = ("Only a device session of the message's sender's user (any of its devices) is answered; "
+              "for everyone else, recipients included, the message is unknown. It answers as long as the "
+              "server remembers the message_id: until 7 days after the message is gone. A state says what a "
+              "device did (fetched and ACKed the message), not that a person read it.")
+
+
+class DmMessageStatusApi(APIView):
+    @extend_schema(
+        operation_id="dms_message_status", description="Delivery status of one message (§7a). " + STATUS_WHO,
+        parameters=[OpenApiParameter("message_id", OpenApiTypes.UUID, OpenApiParameter.PATH,
+                                     description="lower-case UUID")],
+        responses={200: DeliveryStatusOutput, **error_responses(*DEVICE_SESSION, 404)})
+    def get(self, request, message_id: str):
+        statuses = (selectors.delivery_status_for_user(user=request.user, message_ids=[message_id])
+                    if protocol.is_uuid(message_id) else {})
+        if message_id not in statuses:
+            raise ApiError(404, "not_found", "no such message")
+        return Response(statuses[message_id])
+
+
+class DmStatusApi(APIView):
+    @extend_schema(
+        operation_id="dms_status", description="Delivery status of up to 500 messages at once (§7a). " + STATUS_WHO,
+        request=StatusInput, responses={200: StatusOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY)})
+    def post(self, request):
+        data = StatusInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        requested = sorted(set(data.validated_data["message_ids"]))
+        statuses = selectors.delivery_status_for_user(user=request.user, message_ids=requested)
+        return Response({"statuses": [statuses[m] for m in requested if m in statuses],
+                         "unknown": [m for m in requested if m not in statuses]})

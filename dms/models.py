@@ -29,7 +29,6 @@ class ServerSettings(models.Model):
         default=10_000, validators=[MinValueValidator(1)], help_text="pending deliveries per device")
     send_rate_per_device = models.PositiveIntegerField(default=60, help_text="sends per minute; 0 = no limit")
     send_rate_per_user = models.PositiveIntegerField(default=120, help_text="sends per minute; 0 = no limit")
-    challenge_rate_per_key = models.PositiveIntegerField(default=10, help_text="per minute; 0 = no limit")
     challenge_rate_per_ip = models.PositiveIntegerField(default=60, help_text="per minute; 0 = no limit")
     registration_rate_per_user = models.PositiveIntegerField(
         default=10, help_text="device registrations per hour; 0 = no limit")
@@ -183,6 +182,9 @@ class UsedMessageId(models.Model):
 
     message_id = models.UUIDField(primary_key=True)
     sender_device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    # Not a foreign key: the delivery status (§7a) names it after the conversation is gone.
+    # Null only for ids used before delivery status existed whose message was already gone.
+    conversation_id = models.UUIDField(null=True)
     ciphertext_sha256 = models.CharField(max_length=44)
     response = models.JSONField()
     created_at = models.DateTimeField()
@@ -190,3 +192,30 @@ class UsedMessageId(models.Model):
 
     class Meta:
         db_table = "dm_used_message_ids"
+
+
+class DeliveryState(models.Model):
+    """What became of one device's delivery of a message (§7a), written when
+    it happens: device, state, reason and time only, never content or wraps.
+    Outlives the message and goes with its remembered id (the purge deletes
+    these rows first: DO_NOTHING keeps that delete a plain statement)."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+        EXPIRED = "expired"
+        DROPPED = "dropped"
+        SKIPPED = "skipped"
+
+    # No index of their own: the unique constraint serves lookups by message, and devices are never deleted.
+    message = models.ForeignKey(UsedMessageId, on_delete=models.DO_NOTHING, related_name="+", db_index=False)
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+", db_index=False)
+    state = models.CharField(max_length=16, choices=State.choices)
+    # dropped: "revoked" / "removed"; skipped: "mailbox_full"
+    reason = models.CharField(max_length=16, null=True)
+    at = models.DateTimeField(null=True)  # when a final state happened; null while pending
+
+    class Meta:
+        db_table = "dm_delivery_states"
+        constraints = [models.UniqueConstraint(fields=["message", "device"], name="dm_delivery_state_unique")]

@@ -9,8 +9,11 @@ from django.utils import timezone
 from decentcom import protocol, sql
 from decentcom.errors import ApiError
 from decentcom.timefmt import rfc3339
-from dms.models import Conversation, ConversationMember, Delivery, PendingDm, Policy, ServerSettings
+from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, PendingDm, Policy,
+                        ServerSettings)
 from dms.wire import conversation_wire
+
+MAX_IDS_PER_STATEMENT = 10_000  # SQLite takes at most 32,766 parameters
 
 
 @functools.cache
@@ -251,3 +254,76 @@ def pending_count_for_device(*, device) -> int:
     return (Delivery.objects.filter(device=device, acked_at__isnull=True,
                                     created_at__gt=now - dt.timedelta(days=conf.max_undelivered_days))
             .filter(Q(message__expires_at__isnull=True) | Q(message__expires_at__gt=now)).count())
+
+
+# --- delivery status (§7a) ------------------------------------------------------------
+
+_STATES = tuple(DeliveryState.State.values)  # read once: an enum's `values` is rebuilt at each access
+
+
+def delivery_counts_zero() -> dict[str, int]:
+    return dict.fromkeys(_STATES, 0)
+
+
+def delivery_counts_for_messages(*, db_ids: list) -> dict[str, dict]:
+    """message id -> {"conversation_id", "sender" (user id), "counts"}, for
+    DM_STATUS: one query per 10,000 ids, given as the database returns them
+    (`sql.uuid_param` values: no conversion on the ACK's hot path).
+    Messages without states are left out."""
+    result: dict[str, dict] = {}
+    with connection.cursor() as cursor:
+        for start in range(0, len(db_ids), MAX_IDS_PER_STATEMENT):
+            ids = db_ids[start:start + MAX_IDS_PER_STATEMENT]
+            cursor.execute(
+                "SELECT s.message_id, u.conversation_id, su.username, s.state, COUNT(*) FROM dm_delivery_states s "
+                "JOIN dm_used_message_ids u ON u.message_id = s.message_id "
+                "JOIN devices sd ON sd.id = u.sender_device_id JOIN users su ON su.id = sd.user_id "
+                f"WHERE s.message_id IN ({sql.placeholders(len(ids))}) "
+                "GROUP BY s.message_id, u.conversation_id, su.username, s.state", ids)
+            for message_id, conversation_id, sender, state, n in cursor.fetchall():
+                entry = result.get(message_id)
+                if entry is None:
+                    entry = result[message_id] = {
+                        "conversation_id": None if conversation_id is None else sql.uuid_str(conversation_id),
+                        "sender": sender, "counts": delivery_counts_zero()}
+                entry["counts"][state] = n
+    return {sql.uuid_str(message_id): entry for message_id, entry in result.items()}
+
+
+def delivery_status_for_user(*, user, message_ids: list[str]) -> dict[str, dict]:
+    """§7a: message id -> its status, for the messages among `message_ids`
+    that a device of `user` sent and whose id the server still remembers;
+    the others are left out (unknown to the caller, recipients included).
+    One query whatever the number of messages and devices."""
+    if not message_ids:
+        return {}
+    ids = [sql.uuid_param(m) for m in message_ids]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT u.message_id, u.conversation_id, u.response, d.device_id, du.username, s.state, s.reason, s.at "
+            "FROM dm_used_message_ids u JOIN devices sd ON sd.id = u.sender_device_id "
+            "LEFT JOIN dm_delivery_states s ON s.message_id = u.message_id "
+            "LEFT JOIN devices d ON d.id = s.device_id LEFT JOIN users du ON du.id = d.user_id "
+            f"WHERE sd.user_id = %s AND u.message_id IN ({sql.placeholders(len(ids))})", [user.pk, *ids])
+        rows = cursor.fetchall()
+    statuses: dict[str, dict] = {}
+    for message_id, conversation_id, response, device_id, user_id, state, reason, at in rows:
+        message_id = sql.uuid_str(message_id)
+        status = statuses.get(message_id)
+        if status is None:
+            first = sql.json_value(response)  # the send's first answer: policy and times as the sender got them
+            status = statuses[message_id] = {
+                "message_id": message_id,
+                "conversation_id": None if conversation_id is None else sql.uuid_str(conversation_id),
+                "policy": first["policy"], "created_at": first["created_at"], "expires_at": first["expires_at"],
+                "devices": [], "counts": delivery_counts_zero()}
+        if state is None:
+            continue  # a message stored for no device
+        entry = {"device_id": device_id, "user_id": user_id, "state": state, "at": sql.rfc3339_value(sql.dt_value(at))}
+        if reason is not None:
+            entry["reason"] = reason
+        status["devices"].append(entry)
+        status["counts"][state] += 1
+    for status in statuses.values():
+        status["devices"].sort(key=lambda entry: entry["device_id"])
+    return statuses

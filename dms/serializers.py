@@ -3,10 +3,11 @@ from rest_framework import serializers
 from decentcom import protocol
 from decentcom.fields import B58KeyField, B64Field, StrictCharField, StrictIntegerField, UuidField
 from devices.selectors import device_public_key
-from dms.models import Policy
+from dms.models import DeliveryState, Policy
 
 MAX_RECIPIENTS = 1000
 MAX_ACK_IDS = 500
+MAX_STATUS_IDS = 500
 
 
 class RetentionSerializer(serializers.Serializer):
@@ -205,3 +206,40 @@ class ServerDescriptionOutput(serializers.Serializer):
     retention = ServerRetentionOutput()
     limits = ServerLimitsOutput()
     gateway = ServerGatewayOutput()
+
+
+class DeliveryStateOutput(serializers.Serializer):
+    device_id = serializers.CharField()
+    user_id = serializers.CharField()
+    state = serializers.ChoiceField(choices=DeliveryState.State.values)
+    at = serializers.DateTimeField(allow_null=True, help_text="when the final state happened; null while pending")
+    reason = serializers.ChoiceField(choices=["revoked", "removed", "mailbox_full"], required=False,
+                                     help_text="for dropped (revoked, removed) and skipped (mailbox_full)")
+
+
+class DeliveryCountsOutput(serializers.Serializer):
+    pending = serializers.IntegerField()
+    delivered = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    expired = serializers.IntegerField()
+    dropped = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+
+
+class DeliveryStatusOutput(serializers.Serializer):
+    message_id = serializers.UUIDField()
+    conversation_id = serializers.UUIDField(allow_null=True)
+    policy = serializers.ChoiceField(choices=Policy.values)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    devices = DeliveryStateOutput(many=True, help_text="sorted by device_id")
+    counts = DeliveryCountsOutput()
+
+
+class StatusInput(serializers.Serializer):
+    message_ids = serializers.ListField(child=UuidField(), max_length=MAX_STATUS_IDS)
+
+
+class StatusOutput(serializers.Serializer):
+    statuses = DeliveryStatusOutput(many=True)
+    unknown = serializers.ListField(child=serializers.UUIDField())

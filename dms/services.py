@@ -20,9 +20,10 @@ from decentcom.ratelimit import rate_limit_hit
 from decentcom.timefmt import rfc3339
 from devices.models import AuthSession, Challenge, Device, User
 from devices.selectors import device_public_key
-from dms.models import (Conversation, ConversationMember, Delivery, KeyReceipt, PendingDm, Policy,
+from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, KeyReceipt, PendingDm, Policy,
                         ServerSettings, UsedMessageId)
-from dms.selectors import server_settings_get
+from dms.events import dm_status_on_commit
+from dms.selectors import MAX_IDS_PER_STATEMENT, server_settings_get
 from gateway.models import GatewayTicket
 from gateway.notify import notify_devices_on_commit
 
@@ -30,7 +31,6 @@ logger = logging.getLogger("dms.services")
 
 USED_ID_MEMORY = dt.timedelta(days=7)
 PURGE_CHUNK = 5000
-MAX_IDS_PER_STATEMENT = 10_000  # SQLite takes at most 32,766 parameters
 
 
 # --- retention (§8) ---------------------------------------------------------------
@@ -225,7 +225,7 @@ def conversation_remove_participant(*, conversation: Conversation, actor: User, 
             raise ApiError(404, "not_found", "not a participant")
         member.delete()
         device_ids = list(Device.objects.filter(user_id=member.user_id).values_list("pk", flat=True))
-        deliveries_drop_for_devices(device_ids=device_ids, conversation_ids=[conversation.id])
+        deliveries_drop_for_devices(device_ids=device_ids, conversation_ids=[conversation.id], reason="removed")
         participants = _participant_ids(conversation)
         if not participants:
             messages_delete(message_ids=list(conversation.messages.values_list("message_id", flat=True)))
@@ -287,18 +287,51 @@ def messages_delete_burned(*, message_ids: list) -> int:
     return messages_delete(message_ids=burned)
 
 
-def deliveries_drop_for_devices(*, device_ids: list[int], conversation_ids: list | None = None) -> int:
-    """Drop pending deliveries of these devices (revocation, removal from a group).
-    Locks the parent messages in id order first, as ACK does."""
+def deliveries_drop_for_devices(*, device_ids: list[int], conversation_ids: list | None = None,
+                                reason: str = "revoked") -> int:
+    """Drop pending deliveries of these devices and record them `dropped` with
+    `reason` (§7a): "revoked" (revocation, certificate expiry, suspension) or
+    "removed" (left or removed from a group). Locks the parent messages in id
+    order first, as ACK does."""
     pending = Delivery.objects.filter(device_id__in=device_ids, acked_at__isnull=True)
     if conversation_ids is not None:
         pending = pending.filter(message__conversation_id__in=conversation_ids)
     message_ids = list(PendingDm.objects.select_for_update().filter(
         message_id__in=pending.values("message_id")).order_by("message_id").values_list("message_id", flat=True))
+    if not message_ids:
+        return 0
+    delivery_states_end(message_ids=message_ids, device_ids=device_ids, state=DeliveryState.State.DROPPED,
+                        reason=reason, at=timezone.now())
     dropped = Delivery.objects.filter(device_id__in=device_ids, acked_at__isnull=True,
                                       message_id__in=message_ids).delete()[0]
     messages_delete_burned(message_ids=message_ids)
     return dropped
+
+
+def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reason: str | None = None,
+                        device_ids: list[int] | None = None, undelivered_before: dt.datetime | None = None) -> None:
+    """§7a: the pending states of these messages (of `device_ids` only, or of
+    deliveries unACKed since before `undelivered_before` only) become the final
+    `state`, and DM_STATUS goes to the senders' users after commit. A final
+    state is never overwritten. Call in the transaction that ends the
+    deliveries, with the messages locked."""
+    changed: set = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(message_ids), MAX_IDS_PER_STATEMENT):
+            ids = [sql.uuid_param(m) for m in message_ids[start:start + MAX_IDS_PER_STATEMENT]]
+            where, params = f"state = 'pending' AND message_id IN ({sql.placeholders(len(ids))})", ids
+            if device_ids is not None:
+                where += f" AND device_id IN ({sql.placeholders(len(device_ids))})"
+                params = [*params, *device_ids]
+            if undelivered_before is not None:
+                where += (" AND EXISTS (SELECT 1 FROM dm_deliveries d WHERE d.message_id = dm_delivery_states.message_id"
+                          " AND d.device_id = dm_delivery_states.device_id AND d.acked_at IS NULL AND d.created_at <= %s)")
+                params = [*params, sql.dt_param(undelivered_before)]
+            cursor.execute(f"UPDATE dm_delivery_states SET state = %s, reason = %s, at = %s WHERE {where} "
+                           "RETURNING message_id", [state, reason, sql.dt_param(at), *params])
+            changed.update(row[0] for row in cursor.fetchall())
+    if changed:
+        dm_status_on_commit(db_ids=list(changed))
 
 
 # --- send (§7) ---------------------------------------------------------------------
@@ -436,6 +469,7 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
     if full and len(full) == len(request.recipients):
         raise ApiError(429, "mailbox_full", "every recipient's mailbox is full", devices=full)
     stored = [r for r in request.recipients if pending[recipient_pks[r.device_id]] < conf.pending_quota]
+    skipped_pks = [recipient_pks[d] for d in full]
 
     expires_at = message_expiry(policy=policy, ttl_days=ttl_days, created_at=now, conf=conf)
     with_devices = {user_id for _, user_id in active.values()} | {device.user_id}
@@ -449,9 +483,9 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
     with connection.cursor() as cursor:
         try:
             cursor.execute(
-                "INSERT INTO dm_used_message_ids (message_id, sender_device_id, ciphertext_sha256, response, "
-                "created_at, message_gone_at) VALUES (%s, %s, %s, %s, %s, NULL)",
-                [message_id, device.pk, ciphertext_sha256, sql.json_param(body), created])
+                "INSERT INTO dm_used_message_ids (message_id, sender_device_id, conversation_id, ciphertext_sha256, "
+                "response, created_at, message_gone_at) VALUES (%s, %s, %s, %s, %s, %s, NULL)",
+                [message_id, device.pk, conversation_id, ciphertext_sha256, sql.json_param(body), created])
         except IntegrityError:
             raise _ConcurrentDuplicate from None  # leaves the transaction, which rolls back
         cursor.execute(
@@ -468,6 +502,8 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
                 [value for r in stored for value in (
                     message_id, recipient_pks[r.device_id], r.wrap["nonce"] if r.wrap else None,
                     r.wrap["wrapped_key"] if r.wrap else None, created)])
+        _delivery_states_insert(cursor, message_id=message_id, at=created, skipped_pks=skipped_pks,
+                                pending_pks=[recipient_pks[r.device_id] for r in stored])
     if policy == Policy.BURN_ON_READ and not stored:
         messages_delete(message_ids=[request.message_id])  # §8: no delivery of it will ever be pending
     notify_devices_on_commit(events={
@@ -476,6 +512,17 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
                                     "message_id": request.message_id})
         for r in stored})
     return True, body
+
+
+def _delivery_states_insert(cursor, *, message_id, pending_pks: list[int], skipped_pks: list[int], at) -> None:
+    """§7a: a `pending` state per delivery and a final `skipped` one per device at its quota, in one statement."""
+    rows = [(pk, DeliveryState.State.PENDING, None, None) for pk in pending_pks] + [
+        (pk, DeliveryState.State.SKIPPED, "mailbox_full", at) for pk in skipped_pks]
+    if rows:
+        cursor.execute(
+            "INSERT INTO dm_delivery_states (message_id, device_id, state, reason, at) VALUES "
+            + ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows)),
+            [value for row in rows for value in (message_id, *row)])
 
 
 # --- ack (§7) ----------------------------------------------------------------------
@@ -504,6 +551,17 @@ def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict
                 f"AND message_id IN ({sql.placeholders(len(locked))}) RETURNING message_id, wrapped_key IS NOT NULL",
                 [sql.dt_param(now), device.pk, *(row[0] for row in locked.values())])
             acked = cursor.fetchall()
+        if acked:
+            # §7a: their final state, in this transaction; `failed` wins over `message_ids` as for receipts
+            acked_ids = [mid for mid, _ in acked]
+            failed_ids = [mid for mid in acked_ids if sql.uuid_str(mid) in failed_set]
+            state = (f"CASE WHEN message_id IN ({sql.placeholders(len(failed_ids))}) THEN 'failed' "
+                     "ELSE 'delivered' END" if failed_ids else "'delivered'")
+            cursor.execute(
+                f"UPDATE dm_delivery_states SET state = {state}, at = %s WHERE device_id = %s AND state = 'pending' "
+                f"AND message_id IN ({sql.placeholders(len(acked_ids))})",
+                [*failed_ids, sql.dt_param(now), device.pk, *acked_ids])
+            dm_status_on_commit(db_ids=acked_ids)
         # One receipt per (conversation, sender device, key): a batch from one sender is usually one row.
         receipts: dict = {}
         for mid in (sql.uuid_str(mid) for mid, has_wrap in acked if has_wrap):
@@ -571,19 +629,23 @@ def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PU
             "burned_messages": orphan_burns.count(),
             "expired_devices": expired_devices.count(),
             "past_epoch_receipts": old_receipts.count(),
+            "delivery_states": DeliveryState.objects.filter(message__in=forgotten_ids).count(),
             **{name: qs.count() for name, qs in housekeeping.items()},
         }
         logger.info("purge dry run as of %s: %s", rfc3339(now), counts)
         return counts
 
     counts = dict.fromkeys(["expired_messages", "undelivered_deliveries", "burned_messages", "expired_devices",
-                            "past_epoch_receipts", *housekeeping], 0)
+                            "past_epoch_receipts", "delivery_states", *housekeeping], 0)
     for device in expired_devices:
         device_revoke(device=device, reason="expired")
         counts["expired_devices"] += 1
     for ids in _chunks_locked(expired_messages, field="message_id", order="expires_at", chunk=chunk):
+        delivery_states_end(message_ids=ids, state=DeliveryState.State.EXPIRED, at=now)
         counts["expired_messages"] += messages_delete(message_ids=ids)
     for ids in _chunks_locked(stale_deliveries, field="message_id", chunk=chunk):
+        delivery_states_end(message_ids=ids, state=DeliveryState.State.EXPIRED, at=now,
+                            undelivered_before=undelivered_cutoff)
         counts["undelivered_deliveries"] += Delivery.objects.filter(
             message_id__in=ids, acked_at__isnull=True, created_at__lte=undelivered_cutoff).delete()[0]
         counts["burned_messages"] += messages_delete_burned(message_ids=ids)
@@ -592,7 +654,11 @@ def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PU
     for ids in _chunks_locked(old_receipts, field="id", chunk=chunk):
         counts["past_epoch_receipts"] += KeyReceipt.objects.filter(id__in=ids).delete()[0]
     for name, queryset in housekeeping.items():
-        counts[name] = queryset.delete()[0]
+        with transaction.atomic():
+            if queryset is forgotten_ids:
+                # A remembered id's states go with it (§7a), first: their foreign key has no cascade.
+                counts["delivery_states"] = DeliveryState.objects.filter(message__in=forgotten_ids).delete()[0]
+            counts[name] = queryset.delete()[0]
     logger.info("purge as of %s: %s in %.3f s", rfc3339(now), counts, time.monotonic() - started)
     return counts
 

@@ -123,6 +123,11 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.send_frame(message["op"], message["d"])
 
+    async def gateway_events(self, message):
+        # Several frames in one channel-layer message (notify_users_batch_on_commit).
+        for event in message["events"]:
+            await self.gateway_event(event)
+
     async def gateway_close(self, message):
         await self.close_with(message["code"])
 

@@ -64,6 +64,15 @@ def notify_users_on_commit(*, user_ids, op: str, d: dict) -> None:
     _on_commit([(user_group(user_id), message) for user_id in sorted(set(user_ids))])
 
 
+def notify_users_batch_on_commit(*, events: dict[str, list[tuple[str, dict]]]) -> None:
+    """`events`: user_id -> [(op, d), ...]. Each user's frames travel in one
+    channel-layer message (`gateway.events`) that the consumer writes out
+    frame by frame: a batch costs one send per user, not one per frame."""
+    _on_commit([(user_group(user_id), {"type": "gateway.events",
+                                       "events": [{"op": op, "d": d} for op, d in frames]})
+                for user_id, frames in sorted(events.items()) if frames])
+
+
 def close_device_connections_on_commit(*, device_id: str, code: int) -> None:
     _on_commit([(device_group(device_id), {"type": "gateway.close", "code": code})])
 

@@ -208,7 +208,6 @@ def test_master_session_cannot_use_dms():
 def test_challenges_asked_in_a_keys_name_cannot_lock_it_out():
     """§3: no per-key limit; at most 5 outstanding per key, a new one replacing the oldest."""
     conf = server_settings_get()
-    conf.challenge_rate_per_key = 1  # no longer used (the field goes at the merge)
     conf.challenge_rate_per_ip = 1000
     conf.save()
     victim = Keys()
@@ -304,8 +303,11 @@ def test_certificate_times_out_of_range_are_400_and_write_nothing(field, value):
     client = APIClient()
     c = challenge(client, device)
     response = verify(client, device, certificate=cert, challenge_b64=c)
-    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
-    assert "certificate" in response.json()["fields"]
+    if abs(value) >= 2 ** 63:  # refused by the JSON parser already (§10 numbers out of range)
+        assert response.status_code == 400 and response.json()["error"] == "malformed_json"
+    else:
+        assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+        assert "certificate" in response.json()["fields"]
     _assert_nothing_written(device, master, c)
     assert verify(client, device, certificate=issue_cert(master, device), challenge_b64=c).status_code == 200
 
@@ -363,7 +365,7 @@ def test_device_names_with_controls_or_bidi_overrides_are_refused(name):
 def test_renewal_with_out_of_range_time_is_400():
     master, device = Keys(), Keys()
     me = login(device, certificate=issue_cert(master, device))
-    body = {**issue_cert(master, device), "expires_at": 10 ** 20}
+    body = {**issue_cert(master, device), "expires_at": protocol.MAX_UNIX_SECONDS + 1}
     body.pop("signature")
     cert = {**body, "signature": protocol.b64e(master.sign(protocol.cert_signed_bytes(body)))}
     response = me.post("/api/v1/devices", {"certificate": cert}, format="json")

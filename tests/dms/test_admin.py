@@ -5,7 +5,9 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from devices.models import Device
 from dms.models import PendingDm, ServerSettings
+from dms.services import dm_ack
 from dms.selectors import server_settings_get
 from tests.factories import build_send, create_conversation, make_person, send
 
@@ -60,6 +62,19 @@ def test_pending_dm_admin_shows_metadata_only(admin_client_, message):
     for recipient in message["recipients"]:
         assert recipient["key_wrap"]["wrapped_key"] not in text
     assert admin_client_.get("/admin/dms/pendingdm/add/").status_code == 403
+
+
+def test_pending_dm_admin_shows_each_devices_delivery_state(admin_client_, message):
+    recipient = message["recipients"][0]["device_id"]
+    device = Device.objects.get(device_id=recipient)
+    dm_ack(device=device, message_ids=[], failed=[message["message_id"]])
+    with CaptureQueriesContext(connection) as ctx:
+        detail = admin_client_.get(f"/admin/dms/pendingdm/{message['message_id']}/change/")
+    assert detail.status_code == 200
+    assert not ciphertext_column_reads(ctx.captured_queries)
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>[^<]+</td><td>(\w+)</td>", detail.content.decode())
+    assert sorted(rows) == sorted([(r["device_id"], "failed" if r["device_id"] == recipient else "pending")
+                                   for r in message["recipients"]])
 
 
 def test_conversation_admin_is_read_only(admin_client_, message):

@@ -239,4 +239,7 @@ def test_sync_limit_out_of_range_is_400(trio, limit):
     _, bob, _ = trio
     response = bob.device.client.post("/api/v1/dms/sync", {"limit": limit}, format="json")
     assert response.status_code == 400, response.content
-    assert response.json()["error"] == "invalid_request" and "limit" in response.json()["fields"]
+    if isinstance(limit, int) and abs(limit) >= 2 ** 63:  # the JSON parser refuses it before the view
+        assert response.json()["error"] == "malformed_json"
+    else:
+        assert response.json()["error"] == "invalid_request" and "limit" in response.json()["fields"]

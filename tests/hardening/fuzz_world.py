@@ -36,7 +36,7 @@ def no_rate_limits(server: LiveServer) -> None:
     """The fuzzer sends far more than a person would; limits have their own tests."""
     server.database.sql(
         "UPDATE dm_server_settings SET send_rate_per_device = 0, send_rate_per_user = 0, "
-        "challenge_rate_per_key = 0, challenge_rate_per_ip = 0, registration_rate_per_user = 0, "
+        "challenge_rate_per_ip = 0, registration_rate_per_user = 0, "
         "group_creation_rate_per_user = 0, max_devices_per_user = 1000, max_conversations_per_user = 100000")
 
 

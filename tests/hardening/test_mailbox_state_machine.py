@@ -82,7 +82,7 @@ class MailboxMachine(RuleBasedStateMachine):
         self.clock.now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         conf = server_settings_get()
         conf.send_rate_per_device = conf.send_rate_per_user = 0
-        conf.challenge_rate_per_key = conf.challenge_rate_per_ip = 0
+        conf.challenge_rate_per_ip = 0
         conf.registration_rate_per_user = conf.group_creation_rate_per_user = 0
         conf.max_devices_per_user = 100
         conf.allow_permanent = True

@@ -31,6 +31,7 @@ KEY_ID_LABEL = b"decentcom/key-id/v1\n"
 KEY_WRAP_LABEL = b"decentcom/key-wrap/v1\n"
 DM_AAD_LABEL = b"decentcom/dm-aad/v1\n"
 DM_LABEL = b"decentcom/dm/v1\n"
+SAFETY_NUMBER_LABEL = b"decentcom/safety-number/v1\n"
 
 KNOWN_PERMISSIONS = frozenset({"manage_devices"})
 CERT_FIELDS = frozenset({"v", "master", "device", "name", "issued_at", "expires_at", "permissions"})
@@ -337,6 +338,14 @@ def auth_signed_bytes(*, challenge: str, pubkey: str, server: str) -> bytes:
 
 def participants_sha256(participants: list[str]) -> str:
     return H(cjson(sorted(participants)))
+
+
+def safety_number(user_a: str, user_b: str) -> str:
+    """§6 "Safety numbers": 12 groups of 5 digits that both people's clients
+    compute alike from the two master keys, whichever way round."""
+    ka, kb = sorted((b58_key(user_a, what="user id"), b58_key(user_b, what="user id")))
+    h = hashlib.sha512(SAFETY_NUMBER_LABEL + ka + kb).digest()
+    return " ".join(f"{int.from_bytes(h[5 * i:5 * i + 5], 'big') % 100000:05d}" for i in range(12))
 
 
 # --- §6 encryption (client side) -----------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from decentcom import protocol
 from dmclient.api import ApiError, NetworkError
-from dmclient.client import LONGEST_RETENTION_DAYS, Client, ClientError
+from dmclient.client import LONGEST_RETENTION_DAYS, Client, ClientError, delivery_mark, is_b58_key
 from dmclient.listener import Listener, Revoked
 from dmclient.store import StoreError
 
@@ -99,46 +99,93 @@ def retention_text(retention: dict | None) -> str:
     return visible(retention.get("policy"))
 
 
-def item_text(item: dict, me: str | None) -> str:
+class Names:
+    """How people are shown: `me`, a contact's local name, or else the short id."""
+
+    def __init__(self, me: str | None = None, contacts: list[dict] = ()):
+        self.me = me
+        self.contacts = {c["user_id"]: c for c in contacts}
+
+    def user(self, user_id: str | None) -> str:
+        if user_id is not None and user_id == self.me:
+            return "me"
+        contact = self.contacts.get(user_id)
+        return visible(contact["name"]) if contact else short(user_id)
+
+    def users(self, user_ids) -> str:
+        return ", ".join(map(self.user, user_ids))
+
+    def others(self, participants) -> str:
+        """A conversation by its other participants (not listing yourself)."""
+        return self.users(p for p in participants if p != self.me) or "only you"
+
+    def verified(self, user_id: str | None) -> dict | None:
+        contact = self.contacts.get(user_id)
+        return contact if contact and (contact["verified"] or contact["changed_since_verified"]) else None
+
+    def warnings(self, user_ids) -> list[str]:
+        """§6: loud, for a verified contact whose user id is no longer the verified one."""
+        return [f"!!! WARNING: contact {visible(c['name'])} is not the user you verified: its user id changed from "
+                f"{visible(c['verified_user_id'])} to {visible(c['user_id'])}; compare safety numbers again "
+                f"(contact verify {visible(c['name'])})"
+                for c in map(self.contacts.get, user_ids) if c and c["changed_since_verified"]]
+
+    def untrusted_device(self, device_id: str | None, user_id: str | None, reason: object) -> str:
+        contact = self.verified(user_id)
+        if contact is not None:
+            return (f"!!! WARNING: VERIFIED CONTACT {visible(contact['name'])} shows device {short(device_id)} whose "
+                    f"certificate does not verify ({visible(reason)}): it is not used; someone may be trying to "
+                    "listen in")
+        return (f"! WARNING device {short(device_id)} of {self.user(user_id)} is not used: its "
+                f"certificate fails ({visible(reason)})")
+
+
+def counts_text(counts: dict | None) -> str:
+    return ", ".join(f"{n} {visible(state)}" for state, n in (counts or {}).items() if n) or "no devices"
+
+
+def item_text(item: dict, names: Names) -> str:
     conv = f"[{short(item.get('conversation_id'))}]"
     if item.get("type") == "message":
-        who = "me" if item["sender"] == me else short(item["sender"])
-        text = (f"{conv} {local_time(item['sent_at'])} {who}/{short(item['sender_device'])} #{item['seq']}: "
-                f"{body_text(item['body'])}")
+        mark = f" {item['mark']}" if item.get("mark") else ""
+        text = (f"{conv} {local_time(item['sent_at'])} {names.user(item['sender'])}/{short(item['sender_device'])} "
+                f"#{item['seq']}{mark}: {body_text(item['body'])}")
         return text + (f"\n    warning: {visible(item['warning'])}" if item.get("warning") else "")
     if item.get("type") == "failed":
         return (f"{conv} REJECTED message {visible(item['message_id'])} claiming to be from "
-                f"{short(item.get('claimed_sender'))}: {visible(item['reason'])} ({visible(item['detail'])})")
+                f"{names.user(item.get('claimed_sender'))}: {visible(item['reason'])} ({visible(item['detail'])})")
+    if item.get("type") == "status":
+        return (f"{conv} * delivery of message {short(item['message_id'])}: {item['mark']} "
+                f"({counts_text(item['counts'])})")
     kind = item.get("kind")
     if kind == "membership":
-        parts = [f"added {', '.join(map(short, item['added']))}" if item["added"] else "",
-                 f"removed {', '.join(map(short, item['removed']))}" if item["removed"] else ""]
-        by = f" by {short(item['actor'])}" if item.get("actor") else ""
+        parts = [f"added {names.users(item['added'])}" if item["added"] else "",
+                 f"removed {names.users(item['removed'])}" if item["removed"] else ""]
+        by = f" by {names.user(item['actor'])}" if item.get("actor") else ""
         return f"{conv} * members {'; '.join(p for p in parts if p)}{by} (epoch {visible(item['epoch'])})"
     if kind == "conversation":
         return (f"{conv} * conversation ({visible(item['conversation_kind'])}) with "
-                f"{', '.join(map(short, item['participants']))}, retention {retention_text(item['retention'])}")
+                f"{names.others(item['participants'])}, retention {retention_text(item['retention'])}")
     if kind == "membership_refused":
         return (f"{conv} ! WARNING the server showed this {visible(item['conversation_kind'])} conversation with "
-                f"{', '.join(map(short, item['participants']))} at epoch {visible(item['epoch'])}: "
+                f"{names.users(item['participants'])} at epoch {visible(item['epoch'])}: "
                 f"{visible(item['detail'])}")
     if kind == "retention":
-        by = f" by {short(item['actor'])}" if item.get("actor") else ""
+        by = f" by {names.user(item['actor'])}" if item.get("actor") else ""
         return f"{conv} * retention changed from {retention_text(item['old'])} to {retention_text(item['new'])}{by}"
     if kind == "membership_fork":
         return f"{conv} ! WARNING epoch {visible(item['epoch'])}: {visible(item['detail'])}"
     if kind == "untrusted_device":
-        return (f"! WARNING device {short(item['device_id'])} of {short(item['user_id'])} is not used: its "
-                f"certificate fails ({visible(item['reason'])})")
+        return names.untrusted_device(item["device_id"], item["user_id"], item["reason"])
     if kind in ("device_added", "device_revoked"):
         return f"* your device {short(item['device_id'])} ({visible(item['name'])}) was {kind.split('_')[1]}"
     return f"{conv} * {visible(kind)}: {json.dumps(item)}"
 
 
 class Output:
-    def __init__(self, as_json: bool, me: str | None = None):
+    def __init__(self, as_json: bool):
         self.as_json = as_json
-        self.me = me
+        self.names = Names()
 
     def result(self, data: dict, text: str | None = None) -> None:
         if self.as_json:
@@ -151,7 +198,7 @@ class Output:
         if self.as_json:
             print(json.dumps(item, ensure_ascii=False), flush=True)
         elif "event" not in item:
-            print(to_terminal(item_text(item, self.me)), flush=True)
+            print(to_terminal(item_text(item, self.names)), flush=True)
         elif item["event"] != "synced":
             print(f"-- {visible(item['event'])}: " + ", ".join(f"{k}={visible(v)}" for k, v in item.items()
                                                               if k != "event"),
@@ -202,7 +249,7 @@ def home_of(args) -> Path:
 def open_client(args, out: Output) -> Client:
     client = Client.open(home_of(args), passphrase(), transport=args.transport,
                          on_wait=lambda code, s: notice(f"server says {visible(code)}: waiting {s} s as it asks (Retry-After)"))
-    out.me = client.user_id
+    out.names = Names(client.user_id, client.contacts())
     return client
 
 
@@ -231,21 +278,31 @@ def device_name(name: str) -> str:
     return name
 
 
-def user_ids(values: list[str]) -> list[str]:
-    for value in values:
-        try:
-            protocol.b58_key(value, what="user id")
-        except protocol.ProtocolError as exc:
-            raise CliError("invalid_user_id", f"{value!r}: {exc.detail}") from None
-    return values
+def warn_about(out: Output, participants) -> None:
+    for warning in out.names.warnings(participants):
+        notice(warning)
 
 
 # --- commands ------------------------------------------------------------------------------------
 
+def phrase_input() -> str:
+    """The recovery phrase for `init --restore`: $DMCLIENT_RECOVERY_PHRASE, a prompt, or a line of stdin."""
+    value = os.environ.get("DMCLIENT_RECOVERY_PHRASE")
+    if value is not None:
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass("Recovery phrase (24 words): ")
+    return sys.stdin.readline()
+
+
 def cmd_init(args, out: Output) -> None:
     device_name(args.name)
+    if args.restore and args.join:
+        raise CliError("usage", "--restore makes a device of the restored master key; --join waits for a certificate")
+    phrase = phrase_input() if args.restore else None
     client = Client.init(home_of(args), passphrase(confirm=True), server=args.server, name=args.name,
-                         join=args.join, expires_days=args.expires_days, register=False, transport=args.transport)
+                         join=args.join, expires_days=args.expires_days, register=False, transport=args.transport,
+                         phrase=phrase)
     if not args.join:
         try:
             client.login()  # registers the device
@@ -258,8 +315,8 @@ def cmd_init(args, out: Output) -> None:
                 f"  python -m dmclient device certify {me['device_id']} --name {json.dumps(args.name)} > cert.json\n"
                 f"then here: python -m dmclient device import-cert cert.json")
     else:
-        text = (f"user   {me['user_id']}\ndevice {me['device_id']} ({visible(me['device_name'])}) registered at "
-                f"{me['server']}")
+        text = (f"user   {me['user_id']}{' (restored)' if args.restore else ''}\ndevice {me['device_id']} "
+                f"({visible(me['device_name'])}) registered at {me['server']}")
     out.result(me, text)
 
 
@@ -267,6 +324,13 @@ def cmd_whoami(args, out: Output) -> None:
     me = open_client(args, out).whoami()
     out.result(me, f"user   {me['user_id']}\ndevice {me['device_id']} ({visible(me['device_name'])})\n"
                    f"server {me['server']}\nmaster key in this store: {'yes' if me['has_master_key'] else 'no'}")
+
+
+def cmd_identity_phrase(args, out: Output) -> None:
+    phrase = open_client(args, out).recovery_phrase()
+    notice("These 24 words are your identity: anyone who has them can read and send as you. Write them down, "
+           "keep them offline, show them to no one. `init --restore` makes a new device from them.")
+    out.result({"phrase": phrase}, phrase)
 
 
 def cmd_device_add(args, out: Output) -> None:
@@ -313,35 +377,48 @@ def cmd_device_list(args, out: Output) -> None:
 
 
 def cmd_device_revoke(args, out: Output) -> None:
-    open_client(args, out).revoke(args.device_id)
-    out.result({"revoked": args.device_id}, f"revoked {args.device_id}")
+    client = open_client(args, out)
+    device_id = args.device_id
+    if not is_b58_key(device_id):  # a prefix of one of ours
+        device_id = client.resolve_device(device_id, [d["device_id"] for d in client.devices()])
+    client.revoke(device_id)
+    out.result({"revoked": device_id}, f"revoked {device_id}")
 
 
-def conversation_text(c: dict) -> str:
+def conversation_text(c: dict, names: Names) -> str:
     return (f"{visible(c['conversation_id'])}  {visible(c['kind']):<6} epoch {visible(c['epoch']):<3} "
-            f"{retention_text(c['retention']):<13} "
-            f"{', '.join(map(short, c['participants']))}")
+            f"{retention_text(c['retention']):<13} {names.others(c['participants'])}")
 
 
 def cmd_dm_new(args, out: Output) -> None:
-    users = user_ids(args.users)
     client = open_client(args, out)
+    users = [client.resolve_user(u) for u in args.users]
     retention = retention_arg(args, client)
     conversation, created = client.create_conversation(users, retention=retention)
     if not created and retention is not None and retention != conversation["retention"]:
         notice(f"this direct conversation exists and keeps its retention {retention_text(conversation['retention'])};"
                " change it with `dm retention`")
+    warn_about(out, conversation["participants"])
     out.result({"conversation": conversation, "created": created},
-               ("created " if created else "existing ") + conversation_text(conversation))
+               ("created " if created else "existing ") + conversation_text(conversation, out.names))
 
 
 def cmd_dm_list(args, out: Output) -> None:
     conversations = open_client(args, out).conversations()
-    out.result({"conversations": conversations}, "\n".join(map(conversation_text, conversations)) or "none")
+    warn_about(out, sorted({p for c in conversations for p in c["participants"]}))
+    out.result({"conversations": conversations},
+               "\n".join(conversation_text(c, out.names) for c in conversations) or "none")
 
 
 def cmd_dm_send(args, out: Output) -> None:
     client = open_client(args, out)
+    if (args.to is None) == (args.conversation is None):
+        raise CliError("usage", "name the conversation, or the person with --to NAME (not both)")
+    if args.to is not None:  # a contact name or user id: their direct conversation, made if need be
+        conversation_id = client.direct_conversation_with(client.resolve_user(args.to))
+    else:
+        conversation_id = client.resolve(args.conversation)
+    warn_about(out, client.conversation(conversation_id).participants)
 
     def confirm(old: dict, new: dict) -> bool:
         notice(f"The conversation's retention changed from {retention_text(old)} to {retention_text(new)}.")
@@ -352,18 +429,25 @@ def cmd_dm_send(args, out: Output) -> None:
             return False
         return input("Send under the new policy? [y/N] ").strip().lower() in ("y", "yes")
 
-    result = client.send(client.resolve(args.conversation), args.text, confirm_retention=confirm)
+    try:
+        result = client.send(conversation_id, args.text, confirm_retention=confirm)
+    except ClientError:
+        for problem in client.untrusted:  # why the send failed, if a certificate did (loud for verified contacts)
+            notice(out.names.untrusted_device(problem["device_id"], problem["user_id"], problem["reason"]))
+        raise
     for problem in result.untrusted_devices:
-        notice(f"warning: device {visible(problem['device_id'])} of {short(problem['user_id'])} was not used: its "
-               f"certificate fails ({visible(problem['reason'])})")
+        notice(out.names.untrusted_device(problem["device_id"], problem["user_id"], problem["reason"]))
     if result.unreachable:
-        notice(f"not delivered to {', '.join(map(short, result.unreachable))}: no active device")
+        notice(f"not delivered to {out.names.users(result.unreachable)}: no active device")
     for skipped in result.skipped:
         reason = "mailbox full" if skipped["reason"] == "mailbox_full" else visible(skipped["reason"])
         notice(f"not delivered to device {visible(skipped['device_id'])}"
-               + (f" of {short(skipped['user_id'])}" if skipped["user_id"] else "") + f", {reason}")
+               + (f" of {out.names.user(skipped['user_id'])}" if skipped["user_id"] else "") + f", {reason}")
     out.result(asdict(result), f"sent {result.message_id} ({visible(result.policy)}, expires "
-                               f"{visible(result.expires_at or 'never')}) to {visible(result.recipients)} device(s)"
+                               f"{visible(result.expires_at or 'never')}): stored for {visible(result.recipients)} "
+                               "device(s)"
+               + (f", {len(result.skipped)} skipped" if result.skipped else "")
+               + (f", {len(result.unreachable)} user(s) unreachable" if result.unreachable else "")
                + (f"; retried after: {visible(', '.join(result.retries))}" if result.retries else ""))
 
 
@@ -377,6 +461,7 @@ def cmd_dm_read(args, out: Output) -> None:
         if progress:
             progress.finish()
     items = client.take_unshown()
+    client.with_status(items, refresh=True)
     if out.as_json:
         out.result({"accepted": report.accepted, "failed": report.failed, "items": items})
     else:
@@ -408,8 +493,52 @@ def cmd_dm_history(args, out: Output) -> None:
             for m in messages)
     else:
         messages = client.history(cid, limit=args.limit)
-        text = "\n".join(item_text(m, client.user_id) for m in messages)
+        if not client.with_status(messages, refresh=True):
+            notice("delivery status not available now: the marks are the last this device knows")
+        text = "\n".join(item_text(m, out.names) for m in messages)
+    warn_about(out, client.conversation(cid).participants)
     out.result({"conversation_id": cid, "messages": messages}, text or "no messages")
+
+
+def cmd_dm_status(args, out: Output) -> None:
+    client = open_client(args, out)
+    message_id = client.resolve_message(args.message)
+    try:
+        status = client.message_status(message_id)
+    except NetworkError:
+        status = client.stored_status(message_id)
+        if status is None:
+            raise
+        notice(f"offline: the last status this device knows (from {status['updated_at']})")
+    out.result(status, status_text(status, client, out.names))
+
+
+def _time_text(value: object) -> str:
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return visible(value)
+
+
+def status_text(status: dict, client: Client, names: Names) -> str:
+    """One line per device: state, whose (contact name or short id) and which (its name), when, why."""
+    cid = status.get("conversation_id")
+    row = client._local_view(cid) if isinstance(cid, str) else None
+    with_whom = f" with {names.others(json.loads(row['participants']))}" if row is not None else ""
+    head = f"message {visible(status['message_id'])} in [{short(cid)}]{with_whom}"
+    if "policy" in status:
+        head += (f" ({visible(status['policy'])}, sent {_time_text(status['created_at'])}, expires "
+                 f"{_time_text(status['expires_at']) if status['expires_at'] else 'never'})")
+    lines = [head]
+    for d in status.get("devices") or []:
+        device = client.device_name(d.get("device_id"))
+        label = f"{names.user(d.get('user_id'))}/{visible(device) if device else short(d.get('device_id'))}"
+        lines.append(f"  {visible(d.get('state')):<9} {label:<28} {_time_text(d['at']) if d.get('at') else ''}"
+                     + (f" ({visible(d['reason'])})" if d.get("reason") else ""))
+    if status.get("devices") is None:
+        lines.append("  (per-device detail when online)")
+    lines.append(f"{delivery_mark(status['counts']) or '-'} {counts_text(status['counts'])}")
+    return "\n".join(lines)
 
 
 def cmd_dm_retention(args, out: Output) -> None:
@@ -418,19 +547,59 @@ def cmd_dm_retention(args, out: Output) -> None:
     if retention is None:
         raise CliError("invalid_retention", "--policy is required")
     conversation = client.set_retention(client.resolve(args.conversation), retention)
-    out.result({"conversation": conversation}, conversation_text(conversation))
+    out.result({"conversation": conversation}, conversation_text(conversation, out.names))
 
 
 def cmd_dm_add(args, out: Output) -> None:
     client = open_client(args, out)
-    conversation = client.add_participants(client.resolve(args.conversation), user_ids(args.users))
-    out.result({"conversation": conversation}, conversation_text(conversation))
+    users = [client.resolve_user(u) for u in args.users]
+    conversation = client.add_participants(client.resolve(args.conversation), users)
+    out.result({"conversation": conversation}, conversation_text(conversation, out.names))
 
 
 def cmd_dm_remove(args, out: Output) -> None:
     client = open_client(args, out)
-    conversation = client.remove_participant(client.resolve(args.conversation), user_ids([args.user])[0])
-    out.result({"conversation": conversation}, conversation_text(conversation) if conversation else "left")
+    conversation = client.remove_participant(client.resolve(args.conversation), client.resolve_user(args.user))
+    out.result({"conversation": conversation}, conversation_text(conversation, out.names) if conversation else "left")
+
+
+def contact_line(c: dict) -> str:
+    mark = ("! CHANGED SINCE VERIFIED" if c["changed_since_verified"] else
+            "✓ verified" if c["verified"] else "  not verified")
+    return f"{mark:<24} {visible(c['name']):<16} {visible(c['user_id'])}"
+
+
+def cmd_contact_add(args, out: Output) -> None:
+    contact = open_client(args, out).contact_add(args.name, args.user_id, replace=args.replace)
+    out.result({"contact": contact}, contact_line(contact))
+
+
+def cmd_contact_list(args, out: Output) -> None:
+    contacts = open_client(args, out).contacts()
+    out.result({"contacts": contacts}, "\n".join(map(contact_line, contacts)) or "no contacts")
+    for warning in out.names.warnings(c["user_id"] for c in contacts):
+        notice(warning)
+
+
+def cmd_contact_remove(args, out: Output) -> None:
+    open_client(args, out).contact_remove(args.name)
+    out.result({"removed": args.name}, f"removed {visible(args.name)}")
+
+
+def cmd_contact_verify(args, out: Output) -> None:
+    """§6: both people read the number out (or compare screens); only a match makes the contact verified."""
+    client = open_client(args, out)
+    info = client.safety_number(args.name)
+    groups = info["safety_number"].split()
+    if not out.as_json:
+        print(f"Safety number of you and {visible(info['name'])} ({visible(info['user_id'])}):\n"
+              + "\n".join("  " + " ".join(groups[i:i + 4]) for i in range(0, 12, 4))
+              + f"\nCompare it with {visible(info['name'])}'s, in person or on a call you trust.", flush=True)
+    confirmed = args.yes or (not out.as_json and sys.stdin.isatty() and input(
+        f"Does {visible(info['name'])} see the same number? [y/N] ").strip().lower() in ("y", "yes"))
+    if confirmed:
+        info = client.contact_mark_verified(args.name)
+    out.result(info, f"{visible(info['name'])} is marked verified" if confirmed else "not marked verified")
 
 
 # --- the parser ------------------------------------------------------------------------------------
@@ -463,7 +632,32 @@ def build_parser() -> argparse.ArgumentParser:
     cert_options(p)
     p.add_argument("--join", action="store_true",
                    help="only make a device key; a certificate from the master key comes later (device import-cert)")
+    p.add_argument("--restore", action="store_true",
+                   help="restore the master key from its 24-word recovery phrase ($DMCLIENT_RECOVERY_PHRASE, a "
+                        "prompt, or a line of stdin) and make a new device for it")
     add(commands, "whoami", cmd_whoami, "show this store's user, device and server")
+
+    identity = commands.add_parser("identity", help="your identity (the master key)",
+                                   description="your identity (the master key)")
+    isub = identity.add_subparsers(dest="identity_command", required=True, metavar="COMMAND")
+    add(isub, "phrase", cmd_identity_phrase,
+        "show the 24-word recovery phrase of the master key (on a store that holds it)")
+
+    contact = commands.add_parser("contact", help="local names for user ids, and verification",
+                                  description="local names for user ids (never sent to a server), and verification "
+                                              "by safety number")
+    csub = contact.add_subparsers(dest="contact_command", required=True, metavar="COMMAND")
+    p = add(csub, "add", cmd_contact_add, "name a user; the name is accepted wherever a user id is")
+    p.add_argument("name")
+    p.add_argument("user_id", metavar="USER_ID", help="a user id, or the start of a known one")
+    p.add_argument("--replace", action="store_true", help="point an existing name at another user id")
+    add(csub, "list", cmd_contact_list, "your contacts, with their verified mark")
+    p = add(csub, "remove", cmd_contact_remove, "forget a contact's name")
+    p.add_argument("name")
+    p = add(csub, "verify", cmd_contact_verify,
+            "show the safety number to compare with the contact, and mark the contact verified if they match")
+    p.add_argument("name")
+    p.add_argument("--yes", action="store_true", help="the numbers match: mark verified without asking")
 
     device = commands.add_parser("device", help="your devices", description="your devices")
     dsub = device.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
@@ -479,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     add(dsub, "list", cmd_device_list, "your devices: last seen, pending messages, revoked or active")
     p = add(dsub, "revoke", cmd_device_revoke, "revoke a device (with this device's rights or the master key)")
-    p.add_argument("device_id")
+    p.add_argument("device_id", help="a device id, or the start of one of yours")
 
     dm = commands.add_parser("dm", help="conversations and messages", description="conversations and messages")
     msub = dm.add_subparsers(dest="dm_command", required=True, metavar="COMMAND")
@@ -490,12 +684,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                     ", or up to the server's max_ttl_days when lower")
 
     p = add(msub, "new", cmd_dm_new, "start a conversation: one user makes a direct one, more make a group")
-    p.add_argument("users", nargs="+", metavar="USER_ID")
+    p.add_argument("users", nargs="+", metavar="USER", help="contact names, user ids or starts of known ones")
     retention_options(p)
     add(msub, "list", cmd_dm_list, "your conversations, latest activity first")
     p = add(msub, "send", cmd_dm_send, "encrypt and send a text message")
-    p.add_argument("conversation", help="conversation id (or a unique prefix)")
+    p.add_argument("conversation", nargs="?",
+                   help="conversation id (or a unique prefix, or a contact's name for your direct conversation)")
     p.add_argument("text")
+    p.add_argument("--to", metavar="USER", help="instead of a conversation: a contact name or user id, whose "
+                                                "direct conversation is found or started")
     p.add_argument("--yes", action="store_true", help="if the retention changed, send under the new one")
     p = add(msub, "read", cmd_dm_read, "fetch, check, decrypt and show new messages")
     p.add_argument("--progress", action="store_true", help="show progress on stderr (default: on a terminal)")
@@ -505,15 +702,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("conversation")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--server", action="store_true", help="what the server still stores for this device, checked")
+    p = add(msub, "status", cmd_dm_status, "the delivery status of one of your messages, device by device")
+    p.add_argument("message", metavar="MESSAGE_ID", help="a message id, or the start of one")
     p = add(msub, "retention", cmd_dm_retention, "change a conversation's retention")
     p.add_argument("conversation")
     retention_options(p, required=True)
     p = add(msub, "add", cmd_dm_add, "add users to a group")
     p.add_argument("conversation")
-    p.add_argument("users", nargs="+", metavar="USER_ID")
+    p.add_argument("users", nargs="+", metavar="USER")
     p = add(msub, "remove", cmd_dm_remove, "remove a user from a group (your own id: leave it)")
     p.add_argument("conversation")
-    p.add_argument("user", metavar="USER_ID")
+    p.add_argument("user", metavar="USER", help="a contact name, user id, or me")
     return parser
 
 

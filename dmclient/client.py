@@ -3,6 +3,7 @@ server's answers handled (§7), sync + receive + ACK with every check of §6,
 and history. One `Client` is one device's store."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sqlite3
@@ -17,7 +18,8 @@ from decentcom import protocol
 from dmclient import crypto
 from dmclient.api import Api, ApiError, NetworkError
 from dmclient.crypto import Rejected
-from dmclient.identity import KeyPair, Session, certificate_issue, expiry_from_days, login, parse_time
+from dmclient.identity import (KeyPair, PhraseError, Session, certificate_issue, expiry_from_days, login, parse_time,
+                               recovery_phrase, seed_from_phrase)
 from dmclient.store import Store
 
 DAY_S = 86400
@@ -37,6 +39,7 @@ NETWORK_BACKOFF_S = (0.5, 1, 2, 4, 8)
 WRAP_PROBE_S = 60
 SYNC_PAGE = 100
 CONVERSATION_PAGE = 100
+STATUS_PAGE = 500  # ids per POST /dms/status (§7a)
 
 
 class ClientError(Exception):
@@ -147,17 +150,23 @@ class Client:
     @classmethod
     def init(cls, home, passphrase: str, *, server: str, name: str, join: bool = False,
              expires_days: int | None = None, kdf: str | None = None,
-             transport: httpx.BaseTransport | None = None, register: bool = True) -> Client:
+             transport: httpx.BaseTransport | None = None, register: bool = True,
+             phrase: str | None = None) -> Client:
         """A new store. Without `join`: a new user (master key) and its first
         device, which registers at once (or, with `register=False`, at its first
-        login). With `join`: only a device key, waiting for a certificate from
-        the user's master key (`import_certificate`)."""
+        login); with `phrase`, the master key restored from its recovery phrase
+        and a new device for it. With `join`: only a device key, waiting for a
+        certificate from the user's master key (`import_certificate`)."""
         server = server.rstrip("/")
         protocol.origin(server)
+        try:  # checked before anything is written
+            restored = None if phrase is None else KeyPair(seed_from_phrase(phrase))
+        except PhraseError as exc:
+            raise ClientError("invalid_phrase", str(exc)) from None
         device = KeyPair.generate()
         cert = master = None
         if not join:
-            master = KeyPair.generate()
+            master = restored or KeyPair.generate()
             cert = certificate_issue(master, device_id=device.id, name=name, expires_at=expiry_from_days(expires_days),
                                      permissions=["manage_devices"])
         store = Store.create(home, passphrase, kdf=kdf)
@@ -191,6 +200,13 @@ class Client:
     def master(self) -> KeyPair | None:
         seed = self.store.secret("master_seed")
         return None if seed is None else KeyPair(seed)
+
+    def recovery_phrase(self) -> str:
+        """The master seed as 24 BIP39 words (`init --restore` takes them back)."""
+        master = self.master
+        if master is None:
+            raise ClientError("no_master_key", "this store does not hold the master key")
+        return recovery_phrase(master.seed)
 
     def whoami(self) -> dict:
         cert = self.certificate
@@ -349,6 +365,103 @@ class Client:
         self.untrusted += bad
         return sorted(row[1] for row in good)
 
+    # --- contacts and ids: local names, prefixes of known ids, safety numbers (§6) -------------
+
+    def contacts(self) -> list[dict]:
+        return [_contact_out(r) for r in self.store.db.execute("SELECT * FROM contacts ORDER BY name")]
+
+    def contact(self, name: str) -> dict | None:
+        row = self.store.db.execute("SELECT * FROM contacts WHERE name = ?", (name,)).fetchone()
+        return None if row is None else _contact_out(row)
+
+    def contact_add(self, name: str, user_ref: str, *, replace: bool = False) -> dict:
+        """A local name for a user id; never sent to any server. `replace` points
+        an existing name at another id; if the old one was verified, the contact
+        is then shown as changed since verified until verified again."""
+        problem = protocol.name_problem(name)
+        if problem is None and (name == "me" or is_b58_key(name)):
+            problem = "it reads as an id (or `me`)"
+        if problem is not None:
+            raise ClientError("invalid_name", f"contact name {name!r}: {problem}")
+        user_id = self.resolve_user(user_ref)
+        if user_id == self.user_id:
+            raise ClientError("invalid_contact", "that is your own user id")
+        with self.store.transaction() as db:
+            other = db.execute("SELECT name FROM contacts WHERE user_id = ? AND name != ?", (user_id, name)).fetchone()
+            if other is not None:
+                raise ClientError("contact_exists", f"{user_id} is your contact {other[0]!r} already")
+            old = db.execute("SELECT user_id FROM contacts WHERE name = ?", (name,)).fetchone()
+            if old is None:
+                db.execute("INSERT INTO contacts (name, user_id, added_at) VALUES (?, ?, ?)",
+                           (name, user_id, int(time.time())))
+            elif old[0] != user_id:
+                if not replace:
+                    raise ClientError("contact_exists", f"{name!r} is {old[0]}; --replace points it at {user_id}")
+                db.execute("UPDATE contacts SET user_id = ? WHERE name = ?", (user_id, name))
+        return self.contact(name)
+
+    def contact_remove(self, name: str) -> None:
+        with self.store.transaction() as db:
+            if db.execute("DELETE FROM contacts WHERE name = ?", (name,)).rowcount == 0:
+                raise ClientError("unknown_contact", f"no contact named {name!r}")
+
+    def safety_number(self, name: str) -> dict:
+        contact = self._contact_or_fail(name)
+        return {**contact, "safety_number": protocol.safety_number(self.user_id, contact["user_id"])}
+
+    def contact_mark_verified(self, name: str) -> dict:
+        """The user compared the safety number with this contact: it verifies the contact's current user id."""
+        contact = self._contact_or_fail(name)
+        with self.store.transaction() as db:
+            db.execute("UPDATE contacts SET verified_user_id = user_id, verified_at = ? WHERE name = ?",
+                       (int(time.time()), name))
+        return self.safety_number(contact["name"])
+
+    def _contact_or_fail(self, name: str) -> dict:
+        contact = self.contact(name)
+        if contact is None:
+            raise ClientError("unknown_contact", f"no contact named {name!r}")
+        return contact
+
+    def known_users(self) -> set[str]:
+        """Every user id this store has seen: ours, contacts, participants, directory."""
+        db = self.store.db
+        users = {self.user_id} if self.user_id else set()
+        users |= {r[0] for r in db.execute("SELECT user_id FROM contacts UNION SELECT user_id FROM directory")}
+        for (participants,) in db.execute("SELECT participants FROM conversation_epochs"):
+            users |= set(json.loads(participants))
+        return users
+
+    def resolve_user(self, ref: str) -> str:
+        """A user id from a contact name, `me`, a full id, or a unique prefix of a known id."""
+        contact = self.contact(ref)
+        if contact is not None:
+            return contact["user_id"]
+        if ref == "me" and self.user_id:
+            return self.user_id
+        if is_b58_key(ref):
+            return ref
+        return by_prefix(ref, self.known_users(), what="user", none_code="invalid_user_id")
+
+    def resolve_device(self, ref: str, known: list[str]) -> str:
+        """A device id from a full id or a unique prefix of one of `known`."""
+        return ref if is_b58_key(ref) else by_prefix(ref, known, what="device", none_code="unknown_device")
+
+    def resolve_message(self, ref: str) -> str:
+        """A message id from a full id or a unique prefix of one this device holds or sent."""
+        if protocol.is_uuid(ref):
+            return ref
+        known = [r[0] for r in self.store.db.execute(
+            "SELECT message_id FROM messages UNION SELECT message_id FROM delivery_status")]
+        return by_prefix(ref.lower(), known, what="message", none_code="unknown_message")
+
+    def device_name(self, device_id: str | None) -> str | None:
+        """The certificate name of a device in the directory (untrusted text)."""
+        row = self.store.db.execute("SELECT name FROM directory WHERE device_id = ?", (device_id,)).fetchone()
+        if row is None and device_id == self.device_id:
+            return self.store.meta("device_name")
+        return None if row is None else row[0]
+
     # --- conversations (§5) ---------------------------------------------------------------------
 
     def _refusal(self, old: sqlite3.Row | None, view: ConversationView, expected: set[str] | None) -> str | None:
@@ -454,14 +567,29 @@ class Client:
                                      (conversation_id,)).fetchone()
 
     def resolve(self, ref: str) -> str:
-        """A conversation id from a full id or a unique prefix of a known one."""
+        """A conversation id from a full id, a unique prefix of a known one, or a
+        contact's name (their direct conversation, known to this device)."""
         if protocol.is_uuid(ref):
             return ref
-        rows = self.store.db.execute("SELECT conversation_id FROM conversations WHERE conversation_id LIKE ?",
-                                     (ref.lower() + "%",)).fetchall()
-        if len(rows) != 1 or not ref:
-            raise ClientError("unknown_conversation", f"{ref!r} matches {len(rows)} known conversations")
-        return rows[0][0]
+        contact = self.contact(ref)
+        if contact is not None:
+            direct = self.direct_conversation(contact["user_id"])
+            if direct is None:
+                raise ClientError("unknown_conversation", f"no direct conversation with {ref!r} yet: "
+                                  "`dm send --to NAME` or `dm new NAME` starts one")
+            return direct
+        known = [r[0] for r in self.store.db.execute("SELECT conversation_id FROM conversations")]
+        return by_prefix(ref.lower(), known, what="conversation", none_code="unknown_conversation")
+
+    def direct_conversation(self, user_id: str) -> str | None:
+        """Our direct conversation with `user_id`, if this device knows it."""
+        row = self.store.db.execute("SELECT conversation_id FROM conversations WHERE kind = 'direct' AND member = 1 "
+                                    "AND participants = ?", (json.dumps(sorted({self.user_id, user_id})),)).fetchone()
+        return None if row is None else row[0]
+
+    def direct_conversation_with(self, user_id: str) -> str:
+        """Find or create the direct conversation with `user_id` (the server answers an existing one)."""
+        return self.direct_conversation(user_id) or self.create_conversation([user_id])[0]["conversation_id"]
 
     def conversation(self, conversation_id: str, *, refresh: bool = False) -> ConversationView:
         row = self._local_view(conversation_id)
@@ -734,6 +862,110 @@ class Client:
                            [(view.conversation_id, key_id, d, int(w is None)) for d, w in wraps.items()])
             db.execute("UPDATE sender_keys SET used = used + 1" + (", probed_at = ?" if probed else "") +
                        " WHERE key_id = ?", (int(time.time()), key_id) if probed else (key_id,))
+            # Stored for `recipients` devices, not for the skipped: the status until the server says more.
+            skipped = answer.get("skipped") if isinstance(answer.get("skipped"), list) else []
+            counts = {**dict.fromkeys(DELIVERY_STATES, 0), "pending": answer["recipients"], "skipped": len(skipped)}
+            self._keep_status(message_id, view.conversation_id, counts, None, db=db)
+
+    # --- delivery status (§7a) --------------------------------------------------------------------
+
+    def message_status(self, message_id: str) -> dict:
+        """The server's status of one of our user's messages, kept in the store."""
+        try:
+            status = self.call("GET", f"/dms/messages/{message_id}/status")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            raise ClientError("not_found", "no such message of yours, or the server no longer remembers it") from None
+        self._keep_statuses([status])
+        return status
+
+    def refresh_statuses(self, message_ids: list[str]) -> None:
+        """The latest status of these messages, in one POST /dms/status per 500."""
+        ids = sorted(set(message_ids))
+        for start in range(0, len(ids), STATUS_PAGE):
+            answer = self.call("POST", "/dms/status", json={"message_ids": ids[start:start + STATUS_PAGE]})
+            self._keep_statuses(answer.get("statuses") if isinstance(answer, dict) else None)
+
+    def stored_status(self, message_id: str) -> dict | None:
+        """The latest status this store knows: `devices` is None when only counts came since (DM_STATUS)."""
+        row = self.store.db.execute("SELECT * FROM delivery_status WHERE message_id = ?", (message_id,)).fetchone()
+        if row is None:
+            return None
+        return {"message_id": row["message_id"], "conversation_id": row["conversation_id"],
+                "counts": json.loads(row["counts"]), "devices": None if row["devices"] is None else json.loads(
+                    row["devices"]), "updated_at": rfc3339(row["updated_at"])}
+
+    def apply_status_event(self, d: dict) -> dict | None:
+        """A gateway DM_STATUS (§9): kept, and returned as an item for the user,
+        unless malformed or older than what the store holds."""
+        counts = delivery_counts(d.get("counts"))
+        if not protocol.is_uuid(d.get("message_id")) or counts is None:
+            return None
+        cid = d.get("conversation_id") if protocol.is_uuid(d.get("conversation_id")) else None
+        if not self._keep_status(d["message_id"], cid, counts, None):
+            return None
+        return {"type": "status", "message_id": d["message_id"], "conversation_id": cid, "counts": counts,
+                "mark": delivery_mark(counts)}
+
+    def catch_up_statuses(self) -> list[dict]:
+        """After a (re)connection: the changes that DM_STATUS events would have
+        told while away, for our messages still pending somewhere (one POST)."""
+        before = {r[0]: json.loads(r[1]) for r in self.store.db.execute(
+            "SELECT message_id, counts FROM delivery_status ORDER BY updated_at DESC LIMIT ?", (STATUS_PAGE,))}
+        before = {m: c for m, c in before.items() if c.get("pending")}
+        if not before:
+            return []
+        self.refresh_statuses(list(before))
+        items = []
+        for message_id, old in sorted(before.items()):
+            now = self.stored_status(message_id)
+            if now["counts"] != old:
+                items.append({"type": "status", "message_id": message_id, "conversation_id": now["conversation_id"],
+                              "counts": now["counts"], "mark": delivery_mark(now["counts"])})
+        return items
+
+    def with_status(self, items: list[dict], *, refresh: bool) -> bool:
+        """Our own messages among `items` get their `status` (counts) and
+        `mark`, refreshed first in one call when `refresh`. False when the
+        refresh failed (no network, or a server before v1.1 §7a): the marks
+        are then the last this store knows."""
+        own = [i for i in items if i.get("type") == "message" and i.get("sender") == self.user_id]
+        online = True
+        if refresh and own:
+            try:
+                self.refresh_statuses([i["message_id"] for i in own])
+            except (NetworkError, ApiError):
+                online = False
+        for item in own:
+            stored = self.stored_status(item["message_id"])
+            item["status"] = None if stored is None else stored["counts"]
+            item["mark"] = delivery_mark(item["status"])
+        return online
+
+    def _keep_statuses(self, statuses: object) -> None:
+        for status in statuses if isinstance(statuses, list) else []:
+            if not isinstance(status, dict) or not protocol.is_uuid(status.get("message_id")):
+                continue
+            counts, devices = delivery_counts(status.get("counts")), status.get("devices")
+            if counts is not None:
+                cid = status.get("conversation_id")
+                self._keep_status(status["message_id"], cid if protocol.is_uuid(cid) else None, counts,
+                                  devices if isinstance(devices, list) else None)
+
+    def _keep_status(self, message_id: str, conversation_id: str | None, counts: dict, devices: list | None,
+                     db: sqlite3.Connection | None = None) -> bool:
+        """Store a status unless the store holds a later one; True if stored."""
+        with (contextlib.nullcontext(db) if db is not None else self.store.transaction()) as db:
+            old = db.execute("SELECT counts FROM delivery_status WHERE message_id = ?", (message_id,)).fetchone()
+            if old is not None and (_progress(json.loads(old[0])) > _progress(counts)
+                                    or (devices is None and json.loads(old[0]) == counts)):
+                return False
+            db.execute("INSERT OR REPLACE INTO delivery_status (message_id, conversation_id, counts, devices, "
+                       "updated_at) VALUES (?, ?, ?, ?, ?)",
+                       (message_id, conversation_id, json.dumps(counts),
+                        None if devices is None else json.dumps(devices), int(time.time())))
+        return True
 
     # --- receiving (§6) ---------------------------------------------------------------------------
 
@@ -993,6 +1225,7 @@ class Client:
             db.execute("UPDATE messages SET sealed_body = NULL WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
             db.execute("DELETE FROM messages WHERE sealed_body IS NULL AND stored_at + ? < ?",
                        ((REPLAY_WINDOW_MS + FUTURE_SKEW_MS) // 1000, now))
+            db.execute("DELETE FROM delivery_status WHERE message_id NOT IN (SELECT message_id FROM messages)")
 
 
 def check_retention(retention: object) -> None:
@@ -1003,6 +1236,64 @@ def check_retention(retention: object) -> None:
     if policy == "ttl" and not (isinstance(ttl_days, int) and 1 <= ttl_days <= LONGEST_RETENTION_DAYS):
         raise ClientError("invalid_retention", f"ttl_days must be 1..{LONGEST_RETENTION_DAYS}",
                           min_ttl_days=1, max_ttl_days=LONGEST_RETENTION_DAYS)
+
+
+def by_prefix(ref: str, known, *, what: str, none_code: str) -> str:
+    """The one id in `known` that starts with `ref`; an ambiguous prefix lists its candidates."""
+    matches = sorted({k for k in known if ref and k.startswith(ref)})
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ClientError(none_code, f"{ref!r} is no contact name, full {what} id or start of a known one")
+    raise ClientError("ambiguous_id", f"{ref!r} is the start of {len(matches)} {what} ids: {', '.join(matches)}",
+                      candidates=matches)
+
+
+def is_b58_key(value: str) -> bool:
+    try:
+        protocol.b58_key(value)
+    except protocol.ProtocolError:
+        return False
+    return True
+
+
+def _contact_out(row: sqlite3.Row) -> dict:
+    verified = row["verified_user_id"] is not None and row["verified_user_id"] == row["user_id"]
+    return {"name": row["name"], "user_id": row["user_id"], "verified": verified,
+            "verified_at": rfc3339(row["verified_at"]) if verified else None,
+            # verified once, then pointed at another user id: the loud case of §6
+            "changed_since_verified": row["verified_user_id"] not in (None, row["user_id"]),
+            "verified_user_id": row["verified_user_id"]}
+
+
+DELIVERY_STATES = ("pending", "delivered", "failed", "expired", "dropped", "skipped")
+NOT_DELIVERED = ("failed", "expired", "dropped", "skipped")
+
+
+def delivery_counts(value: object) -> dict[str, int] | None:
+    """A status's `counts` (§7a) as this client uses them, or None if malformed."""
+    if not isinstance(value, dict):
+        return None
+    counts = {state: value.get(state, 0) for state in DELIVERY_STATES}
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31 for n in counts.values()):
+        return None
+    return counts
+
+
+def delivery_mark(counts: dict[str, int] | None) -> str | None:
+    """`✓` stored, `✓✓` delivered to every device, `!` with what went wrong where."""
+    if counts is None:
+        return None
+    bad = [f"{counts[state]} {state}" for state in NOT_DELIVERED if counts[state]]
+    if bad:
+        return "! " + ", ".join(bad)
+    total = sum(counts.values())
+    return "✓✓" if total and counts["delivered"] == total else "✓"
+
+
+def _progress(counts: dict[str, int]) -> int:
+    """Final states only accumulate: a status with fewer of them is older news."""
+    return sum(n for state, n in counts.items() if state != "pending")
 
 
 def rfc3339(seconds: int | None) -> str | None:

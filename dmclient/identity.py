@@ -6,6 +6,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from mnemonic import Mnemonic
+
 from decentcom import protocol
 
 from dmclient.api import Api
@@ -36,6 +38,37 @@ class KeyPair:
 
     def sign(self, message: bytes) -> bytes:
         return protocol.sign(self.seed, message)
+
+
+PHRASE_WORDS = 24  # BIP39 of a 32-byte seed
+
+
+class PhraseError(ValueError):
+    """Not the 24-word BIP39 phrase of a master seed."""
+
+
+def recovery_phrase(seed: bytes) -> str:
+    """The master seed as 24 BIP39 English words, single spaces: the same words
+    as the web client's, so either restores what the other made."""
+    return Mnemonic("english").to_mnemonic(seed)
+
+
+def seed_from_phrase(phrase: str) -> bytes:
+    """The master seed of a recovery phrase; any spacing or case, but every word
+    from the English list and the BIP39 checksum right."""
+    words = phrase.lower().split()
+    if len(words) != PHRASE_WORDS:
+        raise PhraseError(f"a recovery phrase has {PHRASE_WORDS} words, not {len(words)}")
+    mnemonic = Mnemonic("english")
+    unknown = [w for w in words if w not in mnemonic.wordlist]
+    if unknown:
+        raise PhraseError(f"not in the BIP39 English word list: {', '.join(unknown[:3])}")
+    if not mnemonic.check(" ".join(words)):
+        raise PhraseError("the checksum does not match: a word is wrong or out of place")
+    seed = bytes(mnemonic.to_entropy(" ".join(words)))
+    if not protocol.ed25519_key_usable(protocol.public_key(seed)):
+        raise PhraseError("this phrase does not give a usable master key")
+    return seed
 
 
 def certificate_issue(master: KeyPair, *, device_id: str, name: str, expires_at: int | None = None,

@@ -1,5 +1,5 @@
 """Background sync over the gateway (§9): answer heartbeats, sync on HELLO and
-DM_NOTIFY, follow device and conversation changes, and reconnect with
+DM_NOTIFY, follow device and conversation changes and delivery status (DM_STATUS), and reconnect with
 backoff when the server or the network goes away. The WebSocket is only a
 doorbell: every message comes through `Client.sync`, so whatever was missed
 while disconnected is fetched on the HELLO that follows reconnection."""
@@ -117,9 +117,18 @@ class Listener:
             self.pending_hint = d.get("pending_count") if isinstance(d.get("pending_count"), int) else None
             self.emit({"event": "connected", "pending_count": self.pending_hint})
             self.sync_wanted.set()
+            try:  # DM_STATUS events missed while away
+                for item in await self._worker(self.client.catch_up_statuses):
+                    self.emit(item)
+            except (ApiError, NetworkError) as exc:
+                self.emit({"event": "status_failed", "detail": str(exc)})
             return True
         elif op == "DM_NOTIFY":
             self.sync_wanted.set()
+        elif op == "DM_STATUS":  # a delivery state of one of our messages changed (§7a)
+            item = await self._worker(self.client.apply_status_event, d)
+            if item is not None:
+                self.emit(item)
         elif op in ("DEVICE_ADD", "DEVICE_REVOKE"):
             await self._worker(self._device_event, op, d)
             await self._flush()

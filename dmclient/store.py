@@ -22,7 +22,7 @@ import nacl.utils
 
 STORE_FILE = "store.sqlite3"
 SYNC_LOCK_FILE = "sync.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERIFIER = b"decentcom/dmclient/store/v1\n"
 
 # DMCLIENT_KDF picks the Argon2id cost of a new store; opening uses the cost it was made with.
@@ -78,6 +78,15 @@ CREATE TABLE events (
     id INTEGER PRIMARY KEY, conversation_id TEXT, kind TEXT NOT NULL, detail TEXT NOT NULL,
     recorded_at INTEGER NOT NULL, shown INTEGER NOT NULL DEFAULT 0);
 """
+# Added in schema 2; `Store.open` adds them to an older store.
+SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS contacts (
+    name TEXT PRIMARY KEY, user_id TEXT NOT NULL UNIQUE, added_at INTEGER NOT NULL,
+    verified_user_id TEXT, verified_at INTEGER);
+CREATE TABLE IF NOT EXISTS delivery_status (
+    message_id TEXT PRIMARY KEY, conversation_id TEXT, counts TEXT NOT NULL, devices TEXT,
+    updated_at INTEGER NOT NULL);
+"""
 
 
 class StoreError(Exception):
@@ -131,7 +140,7 @@ class Store:
         salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
         box = _derive(passphrase, salt, opslimit, memlimit)
         db = cls._connect(path)
-        db.executescript(SCHEMA)
+        db.executescript(SCHEMA + SCHEMA_2)
         store = cls(path, db, box)
         store.meta_set_many({
             "schema_version": SCHEMA_VERSION, "kdf": {"salt": salt.hex(), "opslimit": opslimit, "memlimit": memlimit},
@@ -158,7 +167,11 @@ class Store:
         except nacl.exceptions.CryptoError:
             db.close()
             raise StoreError("wrong_passphrase", "wrong passphrase for this store") from None
-        return cls(path, db, box)
+        store = cls(path, db, box)
+        if store.meta("schema_version", 1) < SCHEMA_VERSION:
+            db.executescript(SCHEMA_2)
+            store.meta_set_many({"schema_version": SCHEMA_VERSION})
+        return store
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:

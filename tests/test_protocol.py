@@ -53,6 +53,14 @@ def test_participants_sha256():
     assert p.participants_sha256(list(reversed(v["participants"]))) == v["participants_sha256"]
 
 
+def test_safety_number_either_way_round():
+    v = V["safety_number"]
+    assert p.safety_number(v["user_a"], v["user_b"]) == v["digits"]
+    assert p.safety_number(v["user_b"], v["user_a"]) == v["digits"]
+    with pytest.raises(p.ProtocolError):
+        p.safety_number(v["user_a"], "not-a-key")
+
+
 def test_key_wrap_both_directions():
     kw = V["key_wrap"]
     args = dict(conversation_id=kw["conversation_id"], epoch=kw["epoch"],

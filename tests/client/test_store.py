@@ -39,6 +39,17 @@ def test_wrong_passphrase_is_refused(tmp_path):
     assert exc.value.code == "wrong_passphrase"
 
 
+def test_a_store_of_schema_1_gains_contacts_and_delivery_status(tmp_path):
+    store = Store.create(tmp_path / "home", PASSPHRASE, kdf="min")
+    store.db.executescript("DROP TABLE contacts; DROP TABLE delivery_status;")
+    store.meta_set_many({"schema_version": 1})
+    store.close()
+    store = Store.open(tmp_path / "home", PASSPHRASE)
+    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"contacts", "delivery_status"} <= tables and store.meta("schema_version") == 2
+    store.close()
+
+
 def test_existing_store_is_not_overwritten(tmp_path):
     Store.create(tmp_path / "home", PASSPHRASE, kdf="min").close()
     with pytest.raises(StoreError) as exc:

@@ -218,7 +218,8 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Celery: Redis when REDIS_URL is set, else a filesystem broker that needs no server.
-CELERY_BROKER_URL = REDIS_URL or "filesystem://"
+# A hostname, or kombu warns "No hostname was supplied" in every process at start.
+CELERY_BROKER_URL = REDIS_URL or "filesystem://localhost/"
 if not REDIS_URL:
     _broker_dir = VAR_DIR / "celery"
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -231,4 +231,4 @@ class PurgeRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="what")
     def what(self, obj):
-        return ", ".join(f"{kind} {n}" for kind, n in obj.counts.items() if n) or "-"
+        return obj.summary

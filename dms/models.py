@@ -243,3 +243,8 @@ class PurgeRun(models.Model):
     @property
     def deleted_total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def summary(self) -> str:
+        """"expired_messages 3, sessions 1", or "nothing"."""
+        return ", ".join(f"{kind} {n}" for kind, n in self.counts.items() if n) or "nothing"

@@ -26,10 +26,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS and not k.startswith("_")})
+        # Plain values only: Django's records carry the request object, whose repr has the query string.
+        entry.update({k: v for k, v in vars(record).items()
+                      if k not in _RECORD_FIELDS and not k.startswith("_") and isinstance(v, (str, int, float, bool))})
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return json.dumps(entry)
 
 
 class CrashesOnly(logging.Filter):

@@ -132,3 +132,16 @@ def test_readyz_is_503_with_the_database_cut_and_200_when_it_returns(daphne_fact
     while (response := httpx.get(server.url + "/readyz", timeout=30)).status_code == 503 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert response.status_code == 200
+
+
+def test_json_log_lines_carry_plain_fields_only():
+    import logging
+
+    from decentcom.logs import JsonFormatter
+
+    record = logging.LogRecord("django.request", logging.ERROR, __file__, 1, "Internal Server Error: %s", ("/x",),
+                               None)
+    record.status_code, record.request = 500, object()  # as django.request logs them
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "Internal Server Error: /x" and line["status_code"] == 500
+    assert "request" not in line and line["level"] == "ERROR" and line["logger"] == "django.request"

@@ -1,13 +1,41 @@
 """`make run`: the whole system on one machine — daphne (HTTP API, admin,
 gateway), a Celery worker and Celery beat — until Ctrl-C."""
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+LISTEN_TIMEOUT_S = 60
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether daphne would fail to listen there. SO_REUSEADDR as Twisted
+    sets it, so a port in TIME_WAIT is not "in use"."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_listening(host: str, port: int, web: subprocess.Popen) -> bool:
+    """Until daphne accepts connections (True), or exits or takes too long (False)."""
+    deadline = time.monotonic() + LISTEN_TIMEOUT_S
+    while time.monotonic() < deadline and web.poll() is None:
+        try:
+            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 def main() -> int:
@@ -20,6 +48,15 @@ def main() -> int:
     var = Path(settings.VAR_DIR)
     (var / "celery" / "control").mkdir(parents=True, exist_ok=True)
     host, port = settings.HOST, settings.PORT
+    if port_in_use(host, port):
+        print(f"cannot start: {host}:{port} is already in use (another `make run`?); "
+              f"stop it or choose another port: PORT=8001 make run", file=sys.stderr)
+        return 1
+    # Metrics of web, worker and beat add up at /metrics (decentcom.metrics); a fresh folder per run.
+    metrics_dir = var / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     python = sys.executable
     commands = {
         "web": [python, "-m", "daphne", "-b", host, "-p", str(port), "decentcom.asgi:application"],
@@ -32,7 +69,16 @@ def main() -> int:
     base = f"http://{host}:{port}"
     web = (f"{base}/" if (Path(settings.WEB_DIST_DIR) / "index.html").exists()
            else "not built: it needs Node.js >= 20 (install it, then make run again)")
-    print(f"""
+
+    def stop(*_):
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if wait_listening(host, port, procs["web"]):  # "is running" only once it is
+        print(f"""
 decentcom DM mailbox is running (database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]},
 channel layer: {'redis' if settings.REDIS_URL else 'in-memory'})
   Web client {web}
@@ -42,14 +88,6 @@ channel layer: {'redis' if settings.REDIS_URL else 'in-memory'})
   Gateway    ws://{host}:{port}/api/v1/gateway
 Ctrl-C stops everything.
 """, flush=True)
-
-    def stop(*_):
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     code = 0
     try:
         while all(p.poll() is None for p in procs.values()):

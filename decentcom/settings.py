@@ -53,7 +53,7 @@ USE_X_FORWARDED_HOST = TRUSTED_PROXY_COUNT > 0 and env_bool("USE_X_FORWARDED_HOS
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "decentcom.apps.MailboxAdminConfig",  # django.contrib.admin with the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -69,6 +69,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "decentcom.logs.RequestLogMiddleware",
     "decentcom.middleware.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "decentcom.middleware.ContentSecurityPolicyMiddleware",
@@ -227,7 +228,8 @@ SPECTACULAR_SETTINGS = {
 }
 
 # Celery: Redis when REDIS_URL is set, else a filesystem broker that needs no server.
-CELERY_BROKER_URL = REDIS_URL or "filesystem://"
+# A hostname, or kombu warns "No hostname was supplied" in every process at start.
+CELERY_BROKER_URL = REDIS_URL or "filesystem://localhost/"
 if not REDIS_URL:
     _broker_dir = VAR_DIR / "celery"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -247,20 +249,44 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- logging, metrics, health checks (operators) ----------------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+# "plain" (default) or "json": one JSON object per line, for a log collector.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"crashes_only": {"()": "decentcom.logs.CrashesOnly"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "decentcom.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "decentcom": {"level": LOG_LEVEL},
         "devices": {"level": LOG_LEVEL},
         "dms": {"level": LOG_LEVEL},
         "gateway": {"level": LOG_LEVEL},
+        # Each request has its own line (decentcom.logs.RequestLogMiddleware): Django's
+        # request logger keeps only what that line cannot say, a crash's traceback.
+        "django.request": {"filters": ["crashes_only"]},
     },
 }
+# /metrics is off (404) unless one of these is set: a bearer token, or the client
+# addresses (decentcom.ratelimit.client_address) allowed without it (IPs or networks).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "").strip()
+try:
+    import ipaddress as _ipaddress
+
+    METRICS_ALLOWED_IPS = [_ipaddress.ip_network(item, strict=False) for item in env_list("METRICS_ALLOWED_IPS", "")]
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_IPS: {_exc}") from None
+# A load balancer probes these over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# ------------------------------------------------------------------------------------
 
 if not DEBUG:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)

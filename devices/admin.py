@@ -4,6 +4,7 @@ same services as the API."""
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
+from decentcom.admin import short_id, short_time
 from devices.models import Device, User
 from devices.services import device_revoke, user_suspend, user_unsuspend
 
@@ -48,11 +49,37 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ("device_id", "name", "user", "issued_at", "expires_at", "revoked_at", "last_seen_at")
+    # Short ids and minutes: every column fits 1280 px (the detail page has the full values).
+    list_display = ("device", "name", "user_short", "issued", "expires", "revoked", "last_seen")
     list_filter = ("revoked_at",)
     search_fields = ("device_id", "name", "user__username")
+    list_select_related = ("user",)
     readonly_fields = [f.name for f in Device._meta.fields]
     actions = ["revoke_devices"]
+
+    @admin.display(description="device", ordering="device_id")
+    def device(self, obj):
+        return short_id(obj.device_id)
+
+    @admin.display(description="user", ordering="user__username")
+    def user_short(self, obj):
+        return short_id(obj.user.username)
+
+    @admin.display(description="issued (UTC)", ordering="issued_at")
+    def issued(self, obj):
+        return short_time(obj.issued_at)
+
+    @admin.display(description="expires (UTC)", ordering="expires_at")
+    def expires(self, obj):
+        return short_time(obj.expires_at)
+
+    @admin.display(description="revoked (UTC)", ordering="revoked_at")
+    def revoked(self, obj):
+        return short_time(obj.revoked_at)
+
+    @admin.display(description="last seen (UTC)", ordering="last_seen_at")
+    def last_seen(self, obj):
+        return short_time(obj.last_seen_at)
 
     def has_add_permission(self, request):
         return False  # devices are added by their master key's certificate only

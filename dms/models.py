@@ -40,7 +40,8 @@ class ServerSettings(models.Model):
     max_recipients_per_message = models.PositiveIntegerField(default=500, validators=[MinValueValidator(1)])
     max_request_bytes = models.PositiveIntegerField(
         default=256 * 1024, validators=[MinValueValidator(1024)],
-        help_text="request bodies over this are refused with 413 (the MAX_REQUEST_BYTES setting caps it)")
+        help_text="request bodies over this are refused with 413; the smaller of this and the environment's "
+                  "MAX_REQUEST_BYTES wins (the environment caps it)")
 
     class Meta:
         db_table = "dm_server_settings"
@@ -219,3 +220,31 @@ class DeliveryState(models.Model):
     class Meta:
         db_table = "dm_delivery_states"
         constraints = [models.UniqueConstraint(fields=["message", "device"], name="dm_delivery_state_unique")]
+
+
+class PurgeRun(models.Model):
+    """One run of the purge (`dm_purge_expired`): when, as of when, what it
+    deleted (or would have, in a dry run) and how long it took. Counts only;
+    the dashboard and the admin show the history."""
+
+    started_at = models.DateTimeField(db_index=True)
+    as_of = models.DateTimeField()
+    dry_run = models.BooleanField(default=False)
+    duration_ms = models.PositiveIntegerField()
+    counts = models.JSONField(default=dict)
+
+    class Meta:
+        db_table = "dm_purge_runs"
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"purge {self.started_at:%Y-%m-%d %H:%M:%S}{' (dry run)' if self.dry_run else ''}"
+
+    @property
+    def deleted_total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def summary(self) -> str:
+        """"expired_messages 3, sessions 1", or "nothing"."""
+        return ", ".join(f"{kind} {n}" for kind, n in self.counts.items() if n) or "nothing"

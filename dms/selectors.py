@@ -3,14 +3,16 @@ import functools
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, Min, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Length, TruncHour
 from django.utils import timezone
 
 from decentcom import protocol, sql
 from decentcom.errors import ApiError
 from decentcom.timefmt import rfc3339
-from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, PendingDm, Policy,
-                        ServerSettings)
+from devices.models import Device, User
+from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, PendingDm, Policy, PurgeRun,
+                        ServerSettings, UsedMessageId)
 from dms.wire import conversation_wire
 
 MAX_IDS_PER_STATEMENT = 10_000  # SQLite takes at most 32,766 parameters
@@ -327,3 +329,86 @@ def delivery_status_for_user(*, user, message_ids: list[str]) -> dict[str, dict]
     for status in statuses.values():
         status["devices"].sort(key=lambda entry: entry["device_id"])
     return statuses
+
+
+# --- operators: the admin dashboard and the metrics -------------------------------
+
+SENDS_CHART_HOURS = 48
+RECENT_ROWS = 8
+
+
+def _pending_age_edges(*, max_undelivered_days: int) -> list[tuple[str, dt.timedelta]]:
+    """Lower edges of the age buckets of pending deliveries, oldest last: the
+    last bucket is the final fifth before max_undelivered_days, when the
+    purge drops them."""
+    cap = dt.timedelta(days=max_undelivered_days)
+    near_cap = cap * 0.8
+    edges = [("< 1 h", dt.timedelta(0)), ("1 h – 1 d", dt.timedelta(hours=1)), ("1 – 7 d", dt.timedelta(days=1)),
+             ("> 7 d", dt.timedelta(days=7))]
+    edges = [(label, start) for label, start in edges if start < near_cap]
+    return [*edges, (f"≥ {near_cap.total_seconds() / 86400:g} d: near the {max_undelivered_days}-day cap", near_cap)]
+
+
+def dashboard_get(*, now: dt.datetime) -> dict:
+    """The admin dashboard's figures: metadata and aggregates only, in a fixed
+    number of queries whatever the size of the mailbox."""
+    conf = server_settings_get()
+    edges = _pending_age_edges(max_undelivered_days=conf.max_undelivered_days)
+    bounds = [now - start for _, start in edges]  # newest first
+    age_filters = {}
+    for i, (label, _) in enumerate(edges):
+        q = Q(created_at__lte=bounds[i])
+        if i + 1 < len(edges):
+            q &= Q(created_at__gt=bounds[i + 1])
+        age_filters[f"b{i}"] = Count("id", filter=q)
+    pending = Delivery.objects.filter(acked_at__isnull=True).aggregate(
+        total=Count("id"), oldest=Min("created_at"), **age_filters)
+    by_policy = {row["policy"]: row for row in PendingDm.objects.order_by().values("policy").annotate(
+        messages=Count("message_id"), bytes=Sum(Length("ciphertext")))}
+    day, week = now - dt.timedelta(days=1), now - dt.timedelta(days=7)
+    devices = Device.objects.aggregate(
+        active=Count("id", filter=Q(revoked_at__isnull=True)),
+        revoked=Count("id", filter=Q(revoked_at__isnull=False)),
+        today=Count("id", filter=Q(revoked_at__isnull=True, last_seen_at__gt=day)),
+        week=Count("id", filter=Q(revoked_at__isnull=True, last_seen_at__gt=week, last_seen_at__lte=day)),
+        older=Count("id", filter=Q(revoked_at__isnull=True, last_seen_at__lte=week)),
+        never=Count("id", filter=Q(revoked_at__isnull=True, last_seen_at__isnull=True)))
+    users = User.objects.filter(is_key_user=True).aggregate(
+        total=Count("id"), suspended=Count("id", filter=Q(suspended_at__isnull=False)))
+    since = (now - dt.timedelta(hours=SENDS_CHART_HOURS - 1)).replace(minute=0, second=0, microsecond=0)
+    # Used ids are kept 7 days past their message: they count sends whose messages are already gone.
+    sends = {row["hour"]: row["n"] for row in UsedMessageId.objects.filter(created_at__gte=since).order_by()
+             .annotate(hour=TruncHour("created_at")).values("hour").annotate(n=Count("message_id"))}
+    hours = [since + dt.timedelta(hours=h) for h in range(SENDS_CHART_HOURS)]
+    return {
+        "now": now,
+        "max_undelivered_days": conf.max_undelivered_days,
+        "pending": {"total": pending["total"], "oldest_at": pending["oldest"],
+                    "buckets": [(label, pending[f"b{i}"]) for i, (label, _) in enumerate(edges)]},
+        "policies": [(policy.label, by_policy.get(policy.value, {}).get("messages", 0),
+                      by_policy.get(policy.value, {}).get("bytes") or 0) for policy in Policy],
+        "devices": devices,
+        "last_seen": [("today", devices["today"]), ("this week", devices["week"]), ("older", devices["older"]),
+                      ("never", devices["never"])],
+        "users": users,
+        "conversations": Conversation.objects.count(),
+        "sends_per_hour": [(hour, sends.get(hour, 0)) for hour in hours],
+        "purge_runs": list(PurgeRun.objects.order_by("-started_at")[:RECENT_ROWS]),
+        "suspensions": list(User.objects.filter(suspended_at__isnull=False).order_by("-suspended_at")
+                            .values("username", "suspended_at")[:RECENT_ROWS]),
+        "revocations": list(Device.objects.filter(revoked_at__isnull=False).order_by("-revoked_at")
+                            .values("device_id", "name", "user__username", "revoked_at")[:RECENT_ROWS]),
+    }
+
+
+def metrics_snapshot() -> dict:
+    """What `/metrics` reads from the database at each scrape: two indexed queries."""
+    now = timezone.now()
+    pending = Delivery.objects.filter(acked_at__isnull=True).aggregate(n=Count("id"), oldest=Min("created_at"))
+    last = PurgeRun.objects.filter(dry_run=False).order_by("-started_at").first()
+    return {
+        "pending_deliveries": pending["n"],
+        "oldest_pending_age_s": (now - pending["oldest"]).total_seconds() if pending["oldest"] else 0.0,
+        "last_purge": None if last is None else {"started_at": last.started_at.timestamp(),
+                                                 "duration_s": last.duration_ms / 1000},
+    }

@@ -14,14 +14,14 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from decentcom import protocol, sql
+from decentcom import metrics, protocol, sql
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
 from decentcom.timefmt import rfc3339
 from devices.models import AuthSession, Challenge, Device, User
 from devices.selectors import device_public_key
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, KeyReceipt, PendingDm, Policy,
-                        ServerSettings, UsedMessageId)
+                        PurgeRun, ServerSettings, UsedMessageId)
 from dms.events import dm_status_on_commit
 from dms.selectors import MAX_IDS_PER_STATEMENT, server_settings_get
 from gateway.models import GatewayTicket
@@ -511,7 +511,13 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
                                     "conversation_id": request.conversation_id,
                                     "message_id": request.message_id})
         for r in stored})
+    transaction.on_commit(lambda deliveries=len(stored): _count_send(deliveries=deliveries))
     return True, body
+
+
+def _count_send(*, deliveries: int) -> None:
+    metrics.DM_SENDS.inc()
+    metrics.DM_DELIVERIES.inc(deliveries)
 
 
 def _delivery_states_insert(cursor, *, message_id, pending_pks: list[int], skipped_pks: list[int], at) -> None:
@@ -562,6 +568,7 @@ def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict
                 f"AND message_id IN ({sql.placeholders(len(acked_ids))})",
                 [*failed_ids, sql.dt_param(now), device.pk, *acked_ids])
             dm_status_on_commit(db_ids=acked_ids)
+            transaction.on_commit(lambda n=len(acked_ids): metrics.DM_ACKS.inc(n))
         # One receipt per (conversation, sender device, key): a batch from one sender is usually one row.
         receipts: dict = {}
         for mid in (sql.uuid_str(mid) for mid, has_wrap in acked if has_wrap):
@@ -598,12 +605,33 @@ def _chunks_locked(queryset, *, field: str, chunk: int, order: str | None = None
             return
 
 
+PURGE_RUN_MEMORY = dt.timedelta(days=30)
+
+
 def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PURGE_CHUNK) -> dict:
     """Delete what policy says must go, in chunks of one transaction each,
-    never waiting on an ACK's locks. Returns the counts; logs them."""
+    never waiting on an ACK's locks. Returns the counts; logs them and
+    records the run (`PurgeRun`, kept 30 days) for the dashboard."""
+    started_at = timezone.now()
+    started = time.monotonic()
+    counts = _dm_purge(now=now, dry_run=dry_run, chunk=chunk)
+    duration = time.monotonic() - started
+    PurgeRun.objects.create(started_at=started_at, as_of=now, dry_run=dry_run, duration_ms=round(duration * 1000),
+                            counts=counts)
+    if not dry_run:
+        # By the clock, not `now`: a purge as of a later time must not forget today's runs.
+        PurgeRun.objects.filter(started_at__lte=started_at - PURGE_RUN_MEMORY).delete()
+        metrics.PURGE_RUNS.inc()
+        metrics.PURGE_DURATION.observe(duration)
+        for kind, count in counts.items():
+            metrics.PURGE_DELETED.labels(kind=kind).inc(count)
+    logger.info("purge %sas of %s: %s in %.3f s", "dry run " if dry_run else "", rfc3339(now), counts, duration)
+    return counts
+
+
+def _dm_purge(*, now: dt.datetime, dry_run: bool, chunk: int) -> dict:
     from devices.services import device_revoke
 
-    started = time.monotonic()
     conf = server_settings_get()
     undelivered_cutoff = now - dt.timedelta(days=conf.max_undelivered_days)
     expired_messages = PendingDm.objects.filter(expires_at__lte=now)
@@ -632,7 +660,6 @@ def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PU
             "delivery_states": DeliveryState.objects.filter(message__in=forgotten_ids).count(),
             **{name: qs.count() for name, qs in housekeeping.items()},
         }
-        logger.info("purge dry run as of %s: %s", rfc3339(now), counts)
         return counts
 
     counts = dict.fromkeys(["expired_messages", "undelivered_deliveries", "burned_messages", "expired_devices",
@@ -659,6 +686,5 @@ def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PU
                 # A remembered id's states go with it (§7a), first: their foreign key has no cascade.
                 counts["delivery_states"] = DeliveryState.objects.filter(message__in=forgotten_ids).delete()[0]
             counts[name] = queryset.delete()[0]
-    logger.info("purge as of %s: %s in %.3f s", rfc3339(now), counts, time.monotonic() - started)
     return counts
 

@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from decentcom import metrics
 from decentcom.errors import ApiError
 from decentcom.parsers import json_loads
 from decentcom.ratelimit import client_address
@@ -60,6 +61,7 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
     device_pk: int | None = None
     slot_key: str | None = None
     closed = False
+    counted = False  # in the gateway-connections gauge
     malformed = 0
     heartbeat_task: asyncio.Task | None = None
     groups_joined_at = 0.0
@@ -94,9 +96,14 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
             "heartbeat_interval_ms": settings.GATEWAY_HEARTBEAT_INTERVAL_MS,
             "user_id": self.user_id, "device_id": self.device_id, **hello})
         self.heartbeat_task = asyncio.create_task(self._heartbeat())
+        self.counted = True
+        metrics.GATEWAY_CONNECTIONS.inc()
 
     async def disconnect(self, code):
         self.closed = True
+        if self.counted:
+            self.counted = False
+            metrics.GATEWAY_CONNECTIONS.dec()
         self._stop_heartbeat()
         if self.slot_key:
             await sync_to_async(services.gateway_slot_release)(key=self.slot_key, owner=self.channel_name)

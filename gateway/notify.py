@@ -12,6 +12,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 
+from decentcom import metrics
+
 logger = logging.getLogger("gateway.notify")
 
 
@@ -36,6 +38,7 @@ async def _group_send_all(messages: list[tuple[str, dict]]) -> None:
         timeout=settings.GATEWAY_NOTIFY_TIMEOUT_MS / 1000)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
+        metrics.CHANNEL_LAYER_FAILURES.inc(len(failed))
         logger.warning("gateway notify: %d of %d sends failed (%s)", len(failed), len(messages),
                        type(failed[0]).__name__)
 
@@ -46,6 +49,7 @@ def _send_now(messages: list[tuple[str, dict]]) -> None:
     try:
         async_to_sync(_group_send_all)(messages)
     except Exception as exc:  # noqa: BLE001 - notification never breaks a committed write
+        metrics.CHANNEL_LAYER_FAILURES.inc()
         logger.warning("gateway notify failed: %s", type(exc).__name__)
 
 

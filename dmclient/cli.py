@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
-from decentcom import protocol
+from dmclient import protocol
 from dmclient.api import ApiError, NetworkError
 from dmclient.client import LONGEST_RETENTION_DAYS, Client, ClientError
 from dmclient.listener import Listener, Revoked

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
-from decentcom import protocol
+from dmclient import protocol
 from dmclient import crypto
 from dmclient.api import Api, ApiError, NetworkError
 from dmclient.crypto import Rejected

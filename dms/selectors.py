@@ -6,7 +6,8 @@ from django.db import connection
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from decentcom import protocol, sql
+from decentcom import sql
+from dmclient import protocol
 from decentcom.errors import ApiError
 from decentcom.timefmt import rfc3339
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, PendingDm, Policy,

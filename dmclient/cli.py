@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print JSON that scripts can read")
 
     parser = argparse.ArgumentParser(
-        prog="python -m dmclient", parents=[common],
+        prog="dmc" if Path(sys.argv[0]).name == "dmc" else "python -m dmclient", parents=[common],
         description="decentcom reference client: end-to-end-encrypted DMs. The store's passphrase comes from "
                     "$DMCLIENT_PASSPHRASE or a prompt.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

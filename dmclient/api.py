@@ -69,7 +69,7 @@ class Api:
             try:
                 response = self.http.request(method, path, json=json, params=params, headers=headers)
             except httpx.TransportError as exc:
-                raise NetworkError(f"cannot reach {self.server} ({type(exc).__name__}: {exc or 'no answer'}): "
+                raise NetworkError(f"cannot reach {self.server} ({type(exc).__name__}: {str(exc) or 'no answer'}): "
                                    "is the server running, and is the address right?") from exc
             if response.is_redirect:
                 raise redirected(self.server, response)

@@ -220,6 +220,7 @@ class Client:
                 session = login(api, self.device, certificate=self.certificate)
             finally:
                 api.close()
+            self._check_session(session)
         self.store.meta_set_many({"server": server})
         self.forget_token()
         self.api.close()
@@ -236,9 +237,12 @@ class Client:
             raise ClientError("no_certificate", "this device has no certificate yet: import one first")
         return self._adopt(login(self.api, self.device, certificate=self.certificate))
 
-    def _adopt(self, session: Session) -> Session:
+    def _check_session(self, session: Session) -> None:
         if session.user_id != self.user_id or session.device_id != self.device_id:
             raise ClientError("server_mismatch", "the server logged us in as another user or device")
+
+    def _adopt(self, session: Session) -> Session:
+        self._check_session(session)
         self.store.secret_set("token", session.token.encode())
         self.store.meta_set_many({"token_expires_at": session.expires_at})
         return session

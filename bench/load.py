@@ -17,7 +17,7 @@ import uuid
 
 import httpx
 
-from decentcom import protocol
+from dmclient import protocol
 
 SETTINGS_FOR_LOAD = ("from dms.selectors import server_settings_get; from dms.services import server_settings_update; "
                      "s = server_settings_get(); s.send_rate_per_device = 0; s.send_rate_per_user = 0; "

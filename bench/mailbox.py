@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.server import BenchDatabase, BenchServer, cpu_seconds, peak_rss_bytes, pid_listening_on
-from decentcom import protocol
+from dmclient import protocol
 
 # The peer (a Python Matrix homeserver, same machine, SQLite) and the targets of issue 6.
 PEER = {"sends_per_s": (110, 130), "cpu_ms_per_send": 7, "drain_per_s": (5300, 6600), "notify_ms": 18}

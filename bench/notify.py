@@ -30,7 +30,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.load import SETTINGS_FOR_LOAD, Device, build_send, new_user_devices
-from decentcom import protocol
+from dmclient import protocol
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 NOTIFY_WAIT_S = 2

@@ -10,7 +10,7 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 
-from decentcom.protocol import ProtocolError
+from dmclient.protocol import ProtocolError
 
 logger = logging.getLogger("decentcom.errors")
 

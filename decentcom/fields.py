@@ -4,7 +4,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from decentcom import protocol
+from dmclient import protocol
 
 
 class _ProtocolField(serializers.Field):

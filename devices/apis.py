@@ -8,7 +8,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from decentcom import protocol
+from dmclient import protocol
 from decentcom.errors import AUTHENTICATED, JSON_BODY, ApiError, error_responses
 from decentcom.ratelimit import client_address
 from decentcom.fields import B58KeyField, B64Field, CertificateField, StrictCharField

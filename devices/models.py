@@ -4,7 +4,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from decentcom import protocol
+from dmclient import protocol
 
 
 class UserManager(BaseUserManager):

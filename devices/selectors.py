@@ -6,7 +6,8 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from decentcom import protocol, sql
+from decentcom import sql
+from dmclient import protocol
 from devices.models import AuthSession, Device, User
 
 

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from decentcom import protocol
+from dmclient import protocol
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
 from devices.models import AuthSession, Challenge, Device, User

@@ -1,5 +1,3 @@
-import sys
+from dmclient.cli import entry
 
-from dmclient.cli import main
-
-sys.exit(main())
+entry()

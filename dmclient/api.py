@@ -32,6 +32,19 @@ def _retry_after(response: httpx.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def redirected(server: str, response: httpx.Response) -> ApiError:
+    """A redirect is never followed (a signed login is bound to one origin, §3):
+    an error that says where the server points, and why when it is to HTTPS."""
+    location = response.headers.get("Location", "")
+    target = str(response.url.join(location)) if location else "?"
+    if target.startswith("https://") and server.startswith("http://"):
+        detail = (f"the server forces HTTPS: it redirects {server} to {target}; "
+                  f"use its https:// address ({'https://' + server.removeprefix('http://')})")
+    else:
+        detail = f"the server redirects to {target}; use the address it names"
+    return ApiError(response.status_code, {"error": "redirected", "detail": detail, "location": target})
+
+
 class Api:
     """One server, optionally with a bearer token. `transport` lets a caller
     run the client against an in-process server (httpx.WSGITransport)."""
@@ -56,7 +69,10 @@ class Api:
             try:
                 response = self.http.request(method, path, json=json, params=params, headers=headers)
             except httpx.TransportError as exc:
-                raise NetworkError(f"{self.server}: {type(exc).__name__}: {exc}") from exc
+                raise NetworkError(f"cannot reach {self.server} ({type(exc).__name__}: {str(exc) or 'no answer'}): "
+                                   "is the server running, and is the address right?") from exc
+            if response.is_redirect:
+                raise redirected(self.server, response)
             try:
                 body = None if response.status_code == 204 else response.json()
             except ValueError:

@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
-from decentcom import protocol
+from dmclient import protocol
 from dmclient.api import ApiError, NetworkError
 from dmclient.client import LONGEST_RETENTION_DAYS, Client, ClientError, delivery_mark, is_b58_key
 from dmclient.listener import Listener, Revoked
@@ -91,6 +91,15 @@ def local_time(unix_ms: int) -> str:
     return dt.datetime.fromtimestamp(unix_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def expiry_text(policy: str | None, expires_at: str | None) -> str:
+    """A message's policy and `expires_at`: under burn_on_read that date is only
+    the cap for a copy nobody reads (max_undelivered_days); it goes once read."""
+    if policy == "burn_on_read":
+        return (f"burn_on_read: deleted once read by every recipient device; unread copies are dropped "
+                f"{visible(expires_at or 'never')}")
+    return f"{visible(policy)}, expires {visible(expires_at or 'never')}"
+
+
 def retention_text(retention: dict | None) -> str:
     if not retention:
         return "-"
@@ -162,13 +171,14 @@ def item_text(item: dict, names: Names) -> str:
         parts = [f"added {names.users(item['added'])}" if item["added"] else "",
                  f"removed {names.users(item['removed'])}" if item["removed"] else ""]
         by = f" by {names.user(item['actor'])}" if item.get("actor") else ""
-        return f"{conv} * members {'; '.join(p for p in parts if p)}{by} (epoch {visible(item['epoch'])})"
+        # No epoch number: it counts device changes too, so it differs between the devices that show it (JSON has it).
+        return f"{conv} * members {'; '.join(p for p in parts if p)}{by}"
     if kind == "conversation":
         return (f"{conv} * conversation ({visible(item['conversation_kind'])}) with "
                 f"{names.others(item['participants'])}, retention {retention_text(item['retention'])}")
     if kind == "membership_refused":
         return (f"{conv} ! WARNING the server showed this {visible(item['conversation_kind'])} conversation with "
-                f"{names.users(item['participants'])} at epoch {visible(item['epoch'])}: "
+                f"{names.users(item['participants'])}: "
                 f"{visible(item['detail'])}")
     if kind == "retention":
         by = f" by {names.user(item['actor'])}" if item.get("actor") else ""
@@ -265,7 +275,8 @@ def retention_arg(args, client: Client) -> dict | None:
     if isinstance(server_max, int) and not isinstance(server_max, bool) and 1 <= server_max < high:
         high, whose = server_max, "this server's max_ttl_days"
     if args.ttl_days is None or not 1 <= args.ttl_days <= high:
-        raise CliError("invalid_retention", f"--policy ttl needs --ttl-days 1..{high} ({whose})",
+        missing = "--ttl-days is missing: " if args.ttl_days is None else ""
+        raise CliError("invalid_retention", f"{missing}--policy ttl needs --ttl-days 1..{high} ({whose})",
                        min_ttl_days=1, max_ttl_days=high)
     return {"policy": "ttl", "ttl_days": args.ttl_days}
 
@@ -301,13 +312,7 @@ def cmd_init(args, out: Output) -> None:
         raise CliError("usage", "--restore makes a device of the restored master key; --join waits for a certificate")
     phrase = phrase_input() if args.restore else None
     client = Client.init(home_of(args), passphrase(confirm=True), server=args.server, name=args.name,
-                         join=args.join, expires_days=args.expires_days, register=False, transport=args.transport,
-                         phrase=phrase)
-    if not args.join:
-        try:
-            client.login()  # registers the device
-        except NetworkError as exc:
-            notice(f"warning: {visible(exc)}; the device registers at its first use")
+                         join=args.join, expires_days=args.expires_days, transport=args.transport, phrase=phrase)
     me = client.whoami()
     if args.join:
         text = (f"device key created: {me['device_id']}\n"
@@ -318,6 +323,11 @@ def cmd_init(args, out: Output) -> None:
         text = (f"user   {me['user_id']}{' (restored)' if args.restore else ''}\ndevice {me['device_id']} "
                 f"({visible(me['device_name'])}) registered at {me['server']}")
     out.result(me, text)
+
+
+def cmd_server_set(args, out: Output) -> None:
+    me = open_client(args, out).server_set(args.url)
+    out.result(me, f"this store now uses {me['server']}")
 
 
 def cmd_whoami(args, out: Output) -> None:
@@ -386,8 +396,8 @@ def cmd_device_revoke(args, out: Output) -> None:
 
 
 def conversation_text(c: dict, names: Names) -> str:
-    return (f"{visible(c['conversation_id'])}  {visible(c['kind']):<6} epoch {visible(c['epoch']):<3} "
-            f"{retention_text(c['retention']):<13} {names.others(c['participants'])}")
+    return (f"{visible(c['conversation_id'])}  {visible(c['kind']):<6} {retention_text(c['retention']):<13} "
+            f"{names.others(c['participants'])}")
 
 
 def cmd_dm_new(args, out: Output) -> None:
@@ -429,8 +439,10 @@ def cmd_dm_send(args, out: Output) -> None:
             return False
         return input("Send under the new policy? [y/N] ").strip().lower() in ("y", "yes")
 
+    # "-": the message is standard input, as Unix tools read it (one final newline is the shell's, not the text's).
+    text = sys.stdin.read().removesuffix("\n") if args.text == "-" else args.text
     try:
-        result = client.send(conversation_id, args.text, confirm_retention=confirm)
+        result = client.send(conversation_id, text, confirm_retention=confirm)
     except ClientError:
         for problem in client.untrusted:  # why the send failed, if a certificate did (loud for verified contacts)
             notice(out.names.untrusted_device(problem["device_id"], problem["user_id"], problem["reason"]))
@@ -443,9 +455,8 @@ def cmd_dm_send(args, out: Output) -> None:
         reason = "mailbox full" if skipped["reason"] == "mailbox_full" else visible(skipped["reason"])
         notice(f"not delivered to device {visible(skipped['device_id'])}"
                + (f" of {out.names.user(skipped['user_id'])}" if skipped["user_id"] else "") + f", {reason}")
-    out.result(asdict(result), f"sent {result.message_id} ({visible(result.policy)}, expires "
-                               f"{visible(result.expires_at or 'never')}): stored for {visible(result.recipients)} "
-                               "device(s)"
+    out.result(asdict(result), f"sent {result.message_id} ({expiry_text(result.policy, result.expires_at)}): "
+                               f"stored for {visible(result.recipients)} device(s)"
                + (f", {len(result.skipped)} skipped" if result.skipped else "")
                + (f", {len(result.unreachable)} user(s) unreachable" if result.unreachable else "")
                + (f"; retried after: {visible(', '.join(result.retries))}" if result.retries else ""))
@@ -482,14 +493,28 @@ def cmd_dm_listen(args, out: Output) -> None:
         raise CliError("device_revoked", str(exc)) from None
 
 
+def cmd_jsonrpc(args, out: Output) -> None:
+    from dmclient import rpc
+
+    rpc.run(rpc.Rpc(open_client(args, out), listen=not args.no_listen), socket_path=None)
+
+
+def cmd_daemon(args, out: Output) -> None:
+    from dmclient import rpc
+
+    path = Path(args.socket).expanduser()
+    rpc.run(rpc.Rpc(open_client(args, out), listen=not args.no_listen), socket_path=path,
+            ready=lambda: notice(f"JSON-RPC on {path}"))
+
+
 def cmd_dm_history(args, out: Output) -> None:
     client = open_client(args, out)
     cid = client.resolve(args.conversation)
     if args.server:
         messages = client.server_history(cid, limit=args.limit)
         text = "\n".join(f"{visible(m['message_id'])}  " + (
-            f"{short(m['sender'])} #{m['seq']}: {body_text(m['body'])} ({visible(m['policy'])}, "
-            f"expires {visible(m['expires_at'] or 'never')})" if "body" in m else f"cannot open: {visible(m['error'])}")
+            f"{short(m['sender'])} #{m['seq']}: {body_text(m['body'])} ({expiry_text(m['policy'], m['expires_at'])})"
+            if "body" in m else f"cannot open: {visible(m['error'])}")
             for m in messages)
     else:
         messages = client.history(cid, limit=args.limit)
@@ -613,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print JSON that scripts can read")
 
     parser = argparse.ArgumentParser(
-        prog="python -m dmclient", parents=[common],
+        prog="dmc" if Path(sys.argv[0]).name == "dmc" else "python -m dmclient", parents=[common],
         description="decentcom reference client: end-to-end-encrypted DMs. The store's passphrase comes from "
                     "$DMCLIENT_PASSPHRASE or a prompt.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -636,6 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore the master key from its 24-word recovery phrase ($DMCLIENT_RECOVERY_PHRASE, a "
                         "prompt, or a line of stdin) and make a new device for it")
     add(commands, "whoami", cmd_whoami, "show this store's user, device and server")
+    server = commands.add_parser("server", help="this store's server", description="this store's server")
+    ssub = server.add_subparsers(dest="server_command", required=True, metavar="COMMAND")
+    p = add(ssub, "set", cmd_server_set, "use another address of the server (e.g. its https:// one); logs in there first")
+    p.add_argument("url", help="the server's address, e.g. https://dm.example.org")
 
     identity = commands.add_parser("identity", help="your identity (the master key)",
                                    description="your identity (the master key)")
@@ -675,6 +704,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(dsub, "revoke", cmd_device_revoke, "revoke a device (with this device's rights or the master key)")
     p.add_argument("device_id", help="a device id, or the start of one of yours")
 
+    p = add(commands, "jsonrpc", cmd_jsonrpc, "JSON-RPC 2.0 on standard input/output, one object per line "
+                                              "(methods and notifications: dmclient/rpc.py)")
+    p.add_argument("--no-listen", action="store_true", help="no gateway listener: no notifications, poll with read")
+    p = add(commands, "daemon", cmd_daemon, "JSON-RPC 2.0 on a UNIX socket (mode 0600), one object per line")
+    p.add_argument("--socket", required=True, help="the socket's path")
+    p.add_argument("--no-listen", action="store_true", help="no gateway listener: no notifications, poll with read")
+
     dm = commands.add_parser("dm", help="conversations and messages", description="conversations and messages")
     msub = dm.add_subparsers(dest="dm_command", required=True, metavar="COMMAND")
 
@@ -690,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(msub, "send", cmd_dm_send, "encrypt and send a text message")
     p.add_argument("conversation", nargs="?",
                    help="conversation id (or a unique prefix, or a contact's name for your direct conversation)")
-    p.add_argument("text")
+    p.add_argument("text", help="the message; - reads it from standard input")
     p.add_argument("--to", metavar="USER", help="instead of a conversation: a contact name or user id, whose "
                                                 "direct conversation is found or started")
     p.add_argument("--yes", action="store_true", help="if the retention changed, send under the new one")
@@ -741,3 +777,8 @@ def fail(out: Output, code: str, detail: str, extra: dict) -> int:
         print(f"error: {visible(code)}: {visible(detail)}" + (f" {json.dumps(extra)}" if extra else ""),
               file=sys.stderr)
     return 1
+
+
+def entry() -> None:
+    """The `dmc` console script."""
+    sys.exit(main())

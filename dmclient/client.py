@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
-from decentcom import protocol
+from dmclient import protocol
 from dmclient import crypto
 from dmclient.api import Api, ApiError, NetworkError
 from dmclient.crypto import Rejected
 from dmclient.identity import (KeyPair, PhraseError, Session, certificate_issue, expiry_from_days, login, parse_time,
                                recovery_phrase, seed_from_phrase)
-from dmclient.store import Store
+from dmclient.store import Store, StoreError, store_path
 
 DAY_S = 86400
 TOKEN_MARGIN_S = 300
@@ -153,22 +153,30 @@ class Client:
              transport: httpx.BaseTransport | None = None, register: bool = True,
              phrase: str | None = None) -> Client:
         """A new store. Without `join`: a new user (master key) and its first
-        device, which registers at once (or, with `register=False`, at its first
-        login); with `phrase`, the master key restored from its recovery phrase
-        and a new device for it. With `join`: only a device key, waiting for a
-        certificate from the user's master key (`import_certificate`)."""
-        server = server.rstrip("/")
-        protocol.origin(server)
+        device, which registers first (or, with `register=False`, at its first
+        login): a server that cannot be reached, redirects or refuses leaves no
+        store behind. With `phrase`, the master key restored from its recovery
+        phrase and a new device for it. With `join`: only a device key, waiting
+        for a certificate from the user's master key (`import_certificate`)."""
+        server = server_address(server)
+        if store_path(home).exists():
+            raise StoreError("store_exists", f"{store_path(home)} already exists")
         try:  # checked before anything is written
             restored = None if phrase is None else KeyPair(seed_from_phrase(phrase))
         except PhraseError as exc:
             raise ClientError("invalid_phrase", str(exc)) from None
         device = KeyPair.generate()
-        cert = master = None
+        cert = master = session = None
         if not join:
             master = restored or KeyPair.generate()
             cert = certificate_issue(master, device_id=device.id, name=name, expires_at=expiry_from_days(expires_days),
                                      permissions=["manage_devices"])
+            if register:
+                api = Api(server, transport=transport)
+                try:
+                    session = login(api, device, certificate=cert)
+                finally:
+                    api.close()
         store = Store.create(home, passphrase, kdf=kdf)
         store.secret_set("device_seed", device.seed)
         if master is not None:
@@ -176,8 +184,8 @@ class Client:
         store.meta_set_many({"server": server, "device_name": name, "user_id": master.id if master else None,
                              "certificate": cert})
         client = cls(store, transport=transport)
-        if cert is not None and register:
-            client.login()
+        if session is not None:
+            client._adopt(session)
         return client
 
     @classmethod
@@ -214,14 +222,43 @@ class Client:
                 "server": self.server, "has_master_key": self.master is not None,
                 "certificate": cert, "store": str(self.store.path)}
 
+    def server_set(self, server: str) -> dict:
+        """Point this store at another address of its server (a new name, or
+        https:// after a redirect): a login there first, as every login sends
+        this device's certificate (§3), so a server that does not know the
+        device registers it, as `init` would. Tokens are bound to an origin,
+        so the old one goes; nothing changes when the login fails."""
+        server = server_address(server)
+        session = None
+        if self.certificate is not None:
+            api = Api(server, transport=self.transport)
+            try:
+                session = login(api, self.device, certificate=self.certificate)
+            finally:
+                api.close()
+            self._check_session(session)
+        self.store.meta_set_many({"server": server})
+        self.forget_token()
+        self.api.close()
+        self.server, self.api = server, Api(server, transport=self.transport, on_wait=self.api.on_wait)
+        self._server_info_fetched = False
+        if session is not None:
+            self._adopt(session)
+        return self.whoami()
+
     # --- sessions (§3) --------------------------------------------------------------------------
 
     def login(self) -> Session:
         if self.certificate is None:
             raise ClientError("no_certificate", "this device has no certificate yet: import one first")
-        session = login(self.api, self.device, certificate=self.certificate)
+        return self._adopt(login(self.api, self.device, certificate=self.certificate))
+
+    def _check_session(self, session: Session) -> None:
         if session.user_id != self.user_id or session.device_id != self.device_id:
             raise ClientError("server_mismatch", "the server logged us in as another user or device")
+
+    def _adopt(self, session: Session) -> Session:
+        self._check_session(session)
         self.store.secret_set("token", session.token.encode())
         self.store.meta_set_many({"token_expires_at": session.expires_at})
         return session
@@ -721,6 +758,8 @@ class Client:
         `mismatched_devices` (refresh the directory), `missing_key_wraps` (add
         them), 429 (wait Retry-After, in Api) and network errors (same body
         again). Every attempt carries the same message_id."""
+        if not text.strip():
+            raise ClientError("empty_message", "the message is empty: there is nothing to send")
         view = self.conversation(conversation_id)
         seq = self._next_seq(conversation_id)
         try:
@@ -1226,6 +1265,14 @@ class Client:
             db.execute("DELETE FROM messages WHERE sealed_body IS NULL AND stored_at + ? < ?",
                        ((REPLAY_WINDOW_MS + FUTURE_SKEW_MS) // 1000, now))
             db.execute("DELETE FROM delivery_status WHERE message_id NOT IN (SELECT message_id FROM messages)")
+
+
+def server_address(server: str) -> str:
+    try:
+        protocol.origin(server)
+    except protocol.ProtocolError as exc:
+        raise ClientError("invalid_server", f"{exc.detail}: give an address like https://dm.example.org") from None
+    return server.strip().rstrip("/")
 
 
 def check_retention(retention: object) -> None:

@@ -1,4 +1,4 @@
-"""§6 for the client, as thin glue over decentcom.protocol: seal an outgoing
+"""§6 for the client, as thin glue over dmclient.protocol: seal an outgoing
 message, and take a received one apart step by step. Each receiving step
 raises `Rejected` with the reason the message is recorded as failed."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from decentcom import protocol
+from dmclient import protocol
 
 from dmclient.identity import KeyPair
 

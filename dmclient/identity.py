@@ -1,4 +1,4 @@
-"""Keys, delegation certificates (§2) and login (§3), over decentcom.protocol."""
+"""Keys, delegation certificates (§2) and login (§3), over dmclient.protocol."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from mnemonic import Mnemonic
 
-from decentcom import protocol
+from dmclient import protocol
 
 from dmclient.api import Api
 

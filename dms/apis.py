@@ -5,7 +5,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from decentcom import protocol
+from dmclient import protocol
 from decentcom.errors import DEVICE_SESSION, JSON_BODY, ApiError, error_responses
 from decentcom.fields import B58KeyField
 from devices.apis import b58_path, is_key_id, server_origin

@@ -7,7 +7,8 @@ from django.db.models import Count, Exists, Min, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Length, TruncHour
 from django.utils import timezone
 
-from decentcom import protocol, sql
+from decentcom import sql
+from dmclient import protocol
 from decentcom.errors import ApiError
 from decentcom.timefmt import rfc3339
 from devices.models import Device, User

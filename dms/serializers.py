@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from decentcom import protocol
+from dmclient import protocol
 from decentcom.fields import B58KeyField, B64Field, StrictCharField, StrictIntegerField, UuidField
 from devices.selectors import device_public_key
 from dms.models import DeliveryState, Policy

@@ -14,7 +14,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from decentcom import metrics, protocol, sql
+from decentcom import metrics, sql
+from dmclient import protocol
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
 from decentcom.timefmt import rfc3339

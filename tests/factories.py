@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from rest_framework.test import APIClient
 
-from decentcom import protocol
+from dmclient import protocol
 
 TEST_ORIGIN = "http://testserver"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from decentcom import protocol as p
-from decentcom import protocol
+from dmclient import protocol as p
+from dmclient import protocol
 
 V = json.loads((Path(__file__).parent / "vectors.json").read_text())
 SEED = {name: bytes.fromhex(k["ed25519_seed_hex"]) for name, k in V["keys"].items()}

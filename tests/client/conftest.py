@@ -99,18 +99,26 @@ def new_client(inproc, tmp_path):
 class Cli:
     """One device's store, driven through `python -m dmclient --json`."""
 
-    def __init__(self, home: Path, listeners: list | None = None):
+    def __init__(self, home: Path, listeners: list | None = None, *, command: list[str] | None = None,
+                 cwd: Path = BASE_DIR):
         self.home = home
         self.listeners = listeners if listeners is not None else []
         self.env = {**os.environ, "DMCLIENT_PASSPHRASE": PASSPHRASE, "DMCLIENT_KDF": "min"}
         self.user_id = self.device_id = None
+        self.command = command or [sys.executable, "-m", "dmclient"]  # or an installed `dmc`
+        self.cwd = cwd
 
-    def args(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "dmclient", "--home", str(self.home), "--json", *args]
+    def args(self, *args: str, json_output: bool = True) -> list[str]:
+        return [*self.command, "--home", str(self.home), *(["--json"] if json_output else []), *args]
 
-    def run(self, *args: str, expect_error: str | None = None, timeout: float = 60) -> dict:
-        proc = subprocess.run(self.args(*args), cwd=BASE_DIR, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+    def text(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        """The command without --json: what a person sees."""
+        return subprocess.run(self.args(*args, json_output=False), cwd=self.cwd, env=self.env, capture_output=True,
+                              text=True, timeout=60, input=input)
+
+    def run(self, *args: str, expect_error: str | None = None, timeout: float = 60, input: str | None = None) -> dict:
+        proc = subprocess.run(self.args(*args), cwd=self.cwd, env=self.env, capture_output=True, text=True,
+                              timeout=timeout, input=input)
         lines = proc.stdout.strip().splitlines()
         result = json.loads(lines[-1]) if lines else {}
         self.last_stderr = proc.stderr
@@ -127,7 +135,7 @@ class Cli:
 
     def add_device(self, home: Path, name: str) -> "Cli":
         me = self.run("device", "add", "--name", name, "--to", str(home))
-        other = Cli(home, self.listeners)
+        other = Cli(home, self.listeners, command=self.command, cwd=self.cwd)
         other.user_id, other.device_id = me["user_id"], me["device_id"]
         return other
 
@@ -139,7 +147,7 @@ class Cli:
         return [i["body"] for i in self.read()["items"] if i["type"] == "message"]
 
     def listen(self, *extra: str) -> "Listening":
-        listening = Listening(subprocess.Popen(self.args("dm", "listen", *extra), cwd=BASE_DIR, env=self.env,
+        listening = Listening(subprocess.Popen(self.args("dm", "listen", *extra), cwd=self.cwd, env=self.env,
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1))
         self.listeners.append(listening)
         return listening

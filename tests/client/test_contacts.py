@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from decentcom import protocol
+from dmclient import protocol
 from devices.models import Device, User
 from dmclient import cli
 from dmclient.identity import KeyPair

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from decentcom import protocol
+from dmclient import protocol
 from dmclient import Client
 from tests.client.conftest import PASSPHRASE, assert_no_plaintext, live_query
 

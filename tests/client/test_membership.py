@@ -6,7 +6,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from decentcom import protocol
+from dmclient import protocol
 from devices.models import User
 from dmclient import ClientError
 from dms.models import Conversation, ConversationMember, Delivery

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from decentcom import protocol
+from dmclient import protocol
 from devices.models import Device
 from dmclient import crypto
 from dmclient.client import REPLAY_WINDOW_DAYS

@@ -116,7 +116,7 @@ def test_ttl_bounds_in_errors_come_from_get_server_and_never_widen(new_client, l
     lying.rewrite = older_server
     code, out, _ = cli_run(capsys, alice, *new, transport=lying)
     assert (code, json.loads(out)["detail"]) == (
-        1, f"--policy ttl needs --ttl-days 1..{LONGEST_RETENTION_DAYS} (this client's longest)")
+        1, f"--ttl-days is missing: --policy ttl needs --ttl-days 1..{LONGEST_RETENTION_DAYS} (this client's longest)")
     assert not [r for r in lying.requests if is_(r, "POST", "/dms/conversations")]  # nothing was created
     code, out, _ = cli_run(capsys, alice, *new, "--ttl-days", "5", transport=lying)
     assert code == 0 and json.loads(out)["conversation"]["retention"] == {"policy": "ttl", "ttl_days": 5}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from decentcom import protocol
+from dmclient import protocol
 from dmclient import crypto
 from dmclient.client import ClientError, ConversationView
 from dmclient.crypto import Rejected

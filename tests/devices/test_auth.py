@@ -6,7 +6,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from decentcom import protocol
+from dmclient import protocol
 from devices.models import AuthSession, Challenge, Device, User
 from dms.selectors import server_settings_get
 from tests.factories import Keys, challenge, issue_cert, login, make_person, verify

@@ -5,7 +5,7 @@ from django.contrib.admin.sites import site
 from django.test import Client
 from rest_framework.test import APIClient
 
-from decentcom import protocol
+from dmclient import protocol
 from devices.models import AuthSession, Device, User
 from dms.selectors import server_settings_get
 from tests.factories import Keys, issue_cert, login, make_person, verify

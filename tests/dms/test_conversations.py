@@ -1,6 +1,6 @@
 import pytest
 
-from decentcom import protocol
+from dmclient import protocol
 from dms.models import Conversation, Delivery, PendingDm
 from dms.selectors import server_settings_get
 from tests.factories import Keys, build_send, create_conversation, login, make_person, send, sync

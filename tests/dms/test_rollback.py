@@ -12,7 +12,7 @@ from django.utils import timezone
 from devices.models import Device
 from dms.models import Delivery, KeyReceipt, PendingDm, UsedMessageId
 from dms.services import Recipient, SendRequest, dm_ack, dm_purge_expired, dm_send
-from decentcom import protocol
+from dmclient import protocol
 from tests.factories import build_send, create_conversation, make_person, send
 
 pytestmark = pytest.mark.django_db

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from decentcom import protocol
+from dmclient import protocol
 from devices.models import Device
 from dms.models import Delivery, KeyReceipt, PendingDm, UsedMessageId
 from dms.selectors import server_settings_get

@@ -13,7 +13,7 @@ import secrets
 
 from hypothesis import strategies as st
 
-from decentcom import protocol
+from dmclient import protocol
 from devices.selectors import token_sha256
 from tests.factories import Keys, build_send, create_conversation, issue_cert, login, make_person, send
 from tests.live import LiveServer

@@ -7,7 +7,7 @@ server and this model and compares them after every step.
 import datetime as dt
 from dataclasses import dataclass, field
 
-from decentcom import protocol
+from dmclient import protocol
 from tests.factories import Device, Person
 
 USED_ID_MEMORY = dt.timedelta(days=7)

@@ -39,7 +39,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  run_state_machine_as_test)
 from rest_framework.test import APIClient
 
-from decentcom import protocol
+from dmclient import protocol
 from devices.models import Device
 from dms.models import Conversation, Delivery, KeyReceipt, PendingDm, UsedMessageId
 from dms.selectors import dm_list_pending_for_device, server_settings_get

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from decentcom import protocol
+from dmclient import protocol
 from tests.factories import Keys
 from tests.live import BASE_DIR, free_port
 

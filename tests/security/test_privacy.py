@@ -8,7 +8,7 @@ from django.apps import apps
 from django.db import connection
 from rest_framework.test import APIClient
 
-from decentcom import protocol
+from dmclient import protocol
 from tests.factories import ack, build_send, create_conversation, make_person, send, sync
 
 pytestmark = pytest.mark.django_db

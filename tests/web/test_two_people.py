@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from decentcom import protocol
+from dmclient import protocol
 from tests.web.conftest import (
     LAPTOP, PHONE, axe_violations, connected, create_identity, open_conversation, screenshot, send,
     start_conversation,

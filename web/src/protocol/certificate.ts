@@ -7,7 +7,7 @@ export const KNOWN_PERMISSIONS: ReadonlySet<string> = new Set(["manage_devices"]
 const CERT_FIELDS = ["v", "master", "device", "name", "issued_at", "expires_at", "permissions"] as const;
 export const CLIENT_CERT_TOLERANCE_S = 24 * 3600;
 // Signed times (unix seconds) a certificate may carry: what both Python's
-// datetime and a JavaScript Date can hold (decentcom/protocol.py MAX_UNIX_SECONDS).
+// datetime and a JavaScript Date can hold (dmclient/protocol.py MAX_UNIX_SECONDS).
 export const MAX_UNIX_SECONDS = 253402300799; // 9999-12-31T23:59:59Z
 
 export interface CertBody {
@@ -27,7 +27,7 @@ export interface WireCert extends CertBody {
 // line/paragraph separators and lone surrogates: Python's categories Cc Cf Zl Zp Cs.
 const HIDDEN_RE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/u;
 
-/** Why `name` is not acceptable as a device name, or null (decentcom/protocol.py name_problem). */
+/** Why `name` is not acceptable as a device name, or null (dmclient/protocol.py name_problem). */
 export function nameProblem(name: unknown): string | null {
   if (typeof name !== "string") return "name must be 1-64 characters";
   const length = [...name].length;

@@ -1,4 +1,4 @@
-// One protocol, two implementations: this mirrors decentcom/protocol.py (v1 + v1.1).
+// One protocol, two implementations: this mirrors dmclient/protocol.py (v1 + v1.1).
 export * from "./encoding";
 export * from "./keys";
 export * from "./certificate";

@@ -61,7 +61,7 @@ describe("device certificates", () => {
     expect(cert.permissions).toEqual(["manage_devices", "zz_future"]);
     expect(() => certCheckClient(cert, { userId: cert.master, now: 1764201600 })).not.toThrow();
   });
-  it("the device-name rule and time range of decentcom/protocol.py", () => {
+  it("the device-name rule and time range of dmclient/protocol.py", () => {
     expect(nameProblem("Alice's phone")).toBeNull();
     expect(nameProblem("x".repeat(64))).toBeNull();
     expect(nameProblem("😀".repeat(64))).toBeNull(); // code points, not UTF-16 units

@@ -172,10 +172,10 @@ class Cli:
         self.server, self.home = server, home
         self.user_id = self.device_id = ""
 
-    def run(self, *args: str, check=True) -> dict:
+    def run(self, *args: str, check=True, env: dict | None = None) -> dict:
         proc = subprocess.run([sys.executable, "-m", "dmclient", "--home", str(self.home), "--json", *args],
                               cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "DMCLIENT_PASSPHRASE": "cli test passphrase"})
+                              env={**os.environ, "DMCLIENT_PASSPHRASE": "cli test passphrase", **(env or {})})
         if check and proc.returncode:
             raise AssertionError(f"dmc {' '.join(args)} -> {proc.returncode}: {proc.stdout} {proc.stderr}")
         return json.loads(proc.stdout) if proc.stdout.strip() else {}

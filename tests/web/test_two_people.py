@@ -87,6 +87,8 @@ def test_two_people_talk_in_real_time(open_browser, server):
     expect(page.get_by_role("dialog")).to_contain_text("Saved")
     page.keyboard.press("Escape")
     expect(page.get_by_role("dialog")).to_have_count(0)
+    # The change is in the log as a sentence (the SDK's text starts "you changed ...").
+    expect(page.get_by_role("log", name="Messages")).to_contain_text("You changed retention to Burn on read")
 
     send(bob, "Sent under the new policy")
     prompt = bob.page.get_by_role("dialog")

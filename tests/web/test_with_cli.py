@@ -155,3 +155,62 @@ def test_a_browser_certifies_and_revokes_another(open_browser, server):
     expect(row).to_contain_text("revoked")
     expect(phone.page.get_by_role("alert").filter(has_text="revoked")).to_be_visible(timeout=20_000)
     screenshot(phone, "revoked-phone")
+
+
+def test_one_identity_and_one_safety_number_in_both_clients(open_browser, server, tmp_path):
+    """The 24 words move an identity from the CLI to a browser and from a browser to the CLI;
+    the browser shows the safety number `contact verify` prints; and once a contact is verified,
+    a device the server shows for them that fails its certificate makes the browser warn loudly."""
+    # CLI -> browser: `identity phrase`, then "Restore from a recovery phrase".
+    ivy = cli_user(server, tmp_path, "ivy-cli")
+    ivy_browser = open_browser()
+    page = ivy_browser.page
+    page.get_by_role("button", name="Restore from a recovery phrase").click()
+    page.get_by_role("textbox", name="Recovery phrase").fill(ivy.run("identity", "phrase")["phrase"])
+    page.get_by_role("textbox", name="Device name").fill("Ivy's browser")
+    page.get_by_role("button", name="Restore").click()
+    page.get_by_role("link", name="Devices").click()
+    expect(page.get_by_label("Your user id", exact=True)).to_have_text(ivy.user_id)
+    expect(page.get_by_role("row").filter(has_text="ivy-cli")).to_contain_text("active")
+    connected(ivy_browser)
+
+    # Browser -> CLI: the "Recovery phrase" shown once, then `init --restore`.
+    jack = create_identity(open_browser(), "Jack's laptop")
+    jack_cli = Cli(server, tmp_path / "jack-cli")
+    restored = jack_cli.run("init", "--restore", "--server", server.url, "--name", "jack-cli",
+                            env={"DMCLIENT_RECOVERY_PHRASE": jack.phrase})
+    assert restored["user_id"] == jack.user_id
+    assert restored["has_master_key"]
+
+    # §6: the number `contact verify` prints (on either CLI) is the one Jack's browser shows.
+    ivy.run("contact", "add", "jack", jack.user_id)
+    cli_number = ivy.run("contact", "verify", "jack", "--yes")["safety_number"]
+    jack_cli.run("contact", "add", "ivy", ivy.user_id)
+    assert jack_cli.run("contact", "verify", "ivy", "--yes")["safety_number"] == cli_number
+    page = jack.page
+    page.get_by_role("link", name="Contacts").click()
+    page.get_by_role("textbox", name="User id").fill(ivy.user_id)
+    page.get_by_role("textbox", name="Name").fill("Ivy")
+    page.get_by_role("button", name="Add contact").click()
+    contact = page.get_by_role("listitem").filter(has_text="Ivy")
+    assert contact.get_by_label("Safety number", exact=True).inner_text().split() == cli_number.split()
+    contact.get_by_role("button", name="Mark as verified").click()
+    expect(contact).to_contain_text("Verified")
+
+    # The server now shows Ivy's CLI device with a certificate her master key never signed.
+    (row,) = server.database.sql("SELECT certificate FROM devices WHERE device_id = %s" if server.database.pg_name
+                                 else "SELECT certificate FROM devices WHERE device_id = ?", (ivy.device_id,))
+    forged = {**(row[0] if isinstance(row[0], dict) else json.loads(row[0])), "name": "not Ivy's"}
+    server.database.sql("UPDATE devices SET certificate = %s WHERE device_id = %s" if server.database.pg_name
+                        else "UPDATE devices SET certificate = ? WHERE device_id = ?", (json.dumps(forged), ivy.device_id))
+    page.get_by_role("link", name="Conversations").click()
+    start_conversation(jack, ["Ivy"])
+    send(jack, "Is this really you?")
+    expect(page.get_by_role("alert").filter(has_text="verified contact").first).to_be_visible(timeout=20_000)
+    page.get_by_role("button", name="Conversation settings").click()
+    expect(page.get_by_role("dialog").get_by_role("alert")).to_contain_text("keys no longer match")
+    expect(page.get_by_role("dialog")).not_to_contain_text("✓ Verified")  # until compared and verified again
+    expect(page.get_by_role("dialog").get_by_role("button", name="Mark as verified")).to_be_visible()
+    page.keyboard.press("Escape")
+    # The server insists on the forged device (§4 mismatched_devices): nothing goes out, and Jack is told.
+    expect(page.get_by_role("alert").filter(has_text="not sent")).to_be_visible()

@@ -4,7 +4,7 @@ import type { Conversation, DeliveryStatus, Message, Retention, TimelineItem } f
 import { ConversationSettings } from "./ConversationSettings";
 import { conversationTitle } from "./ConversationsPage";
 import { Dialog } from "./Dialog";
-import { POLICY_WORDS, errorText, plural, retentionSentence, retentionWords, statusText, timeText } from "./format";
+import { POLICY_WORDS, errorText, plural, retentionSentence, retentionWords, sentence, statusText, timeText } from "./format";
 import { ErrorText } from "./LabelledValue";
 import { href } from "./router";
 import { useClient, useSnapshot, useStore } from "./state";
@@ -122,7 +122,7 @@ function TimelineEntry(props: { item: TimelineItem }) {
   }
   return (
     <div role="note" className={item.warning ? "notice notice-warn" : "notice"}>
-      {item.warning ? "⚠ " : ""}{item.text} <span className="time">({timeText(item.at)})</span>
+      {item.warning ? "⚠ " : ""}{sentence(item.text)} <span className="time">({timeText(item.at)})</span>
     </div>
   );
 }

@@ -33,7 +33,7 @@ export function SafetyNumber(props: { userId: string }) {
         If they match, nobody is in between.
       </p>
       <div className="actions start">
-        {contact?.verified ? (
+        {contact?.verified && !contact.mismatch ? ( /* a mismatch asks to compare and verify again */
           <>
             <span className="badge badge-ok">✓ Verified</span>
             <button type="button" className="link-button" onClick={() => mark(false)}>Mark as not verified</button>

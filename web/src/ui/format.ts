@@ -28,6 +28,12 @@ export function retentionSentence(r: Retention, maxUndeliveredDays: number | nul
   }
 }
 
+/** The SDK's event texts may start with "you": shown as a sentence, "You changed ...". Only that
+ * word: a leading short id is case-sensitive base58 and a contact's name is the user's own spelling. */
+export function sentence(text: string): string {
+  return text.replace(/^you\b/, "You");
+}
+
 export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }

@@ -20,6 +20,7 @@ from decentcom.ratelimit import rate_limit_hit
 from decentcom.timefmt import rfc3339
 from devices.models import AuthSession, Challenge, Device, User
 from devices.selectors import device_public_key
+from devices.services import device_revoke
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, KeyReceipt, PendingDm, Policy,
                         ServerSettings, UsedMessageId)
 from dms.events import dm_status_on_commit
@@ -601,8 +602,6 @@ def _chunks_locked(queryset, *, field: str, chunk: int, order: str | None = None
 def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PURGE_CHUNK) -> dict:
     """Delete what policy says must go, in chunks of one transaction each,
     never waiting on an ACK's locks. Returns the counts; logs them."""
-    from devices.services import device_revoke
-
     started = time.monotonic()
     conf = server_settings_get()
     undelivered_cutoff = now - dt.timedelta(days=conf.max_undelivered_days)

@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from decentcom.apis import ApiRootApi
 from dms.apis import ServerDescriptionApi
 
 urlpatterns = [
@@ -10,6 +11,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/", ApiRootApi.as_view(), name="api-root"),
     path("api/v1/server", ServerDescriptionApi.as_view(), name="server"),
     path("api/v1/", include("devices.urls")),
     path("api/v1/dms/", include("dms.urls")),

@@ -131,10 +131,14 @@ def session_logout(*, session: AuthSession) -> None:
     AuthSession.objects.filter(pk=session.pk).delete()
 
 
+# `last_seen_at` is written at most this often per device: it is read by people, not clocks.
+LAST_SEEN_RESOLUTION_S = 60
+
+
 def device_touch(*, device: Device, now=None) -> None:
     """Record `last_seen_at`, at most once a minute per device."""
     now = now or timezone.now()
-    if device.last_seen_at is None or now - device.last_seen_at > dt.timedelta(seconds=60):
+    if device.last_seen_at is None or now - device.last_seen_at > dt.timedelta(seconds=LAST_SEEN_RESOLUTION_S):
         Device.objects.filter(pk=device.pk).update(last_seen_at=now)
         device.last_seen_at = now
 

@@ -119,8 +119,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["OPTIONS"] = {"pool": {
         "min_size": int(os.environ.get("DB_POOL_MIN_SIZE", "1")),
         "max_size": int(os.environ.get("DB_POOL_MAX_SIZE", "10")),
-        # how long a request waits for a connection before answering 503
-        "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "3")),
+        # how long a request waits for a connection before answering 503; the
+        # HTTP threads never outnumber the pool, so only an outage makes them wait
+        "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "1.5")),
     }}
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     _sqlite_file = DATABASES["default"]["NAME"]

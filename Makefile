@@ -7,8 +7,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# Embedded defaults are a developer's laptop; production sets DEBUG=0 and SECRET_KEY.
-export DEBUG ?= 1
 export HOST PORT
 
 NPM ?= npm
@@ -26,7 +24,12 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
-setup: $(VENV)/.installed
+# The development settings (DEBUG=1, a generated SECRET_KEY), read by the settings
+# in and out of make (decentcom/envfile.py); production has none and sets real variables.
+.env:
+	$(PYTHON) -m decentcom.envfile
+
+setup: $(VENV)/.installed .env
 
 web/node_modules/.installed: web/package.json web/package-lock.json
 	cd web && $(NPM) ci --no-audit --no-fund
@@ -50,8 +53,20 @@ migrate: setup
 run: migrate web
 	$(BIN)/python -m decentcom.run
 
+# In a terminal it asks; from a script it takes DJANGO_SUPERUSER_USERNAME and
+# DJANGO_SUPERUSER_PASSWORD (and DJANGO_SUPERUSER_EMAIL). Django alone, without a
+# terminal, skips the user and exits 0: here that is an error.
 superuser: migrate
-	$(BIN)/python manage.py createsuperuser
+	@if [ -n "$$DJANGO_SUPERUSER_USERNAME" ]; then \
+	  if [ -z "$$DJANGO_SUPERUSER_PASSWORD" ]; then \
+	    echo "make superuser: DJANGO_SUPERUSER_PASSWORD must be set with DJANGO_SUPERUSER_USERNAME" >&2; exit 2; fi; \
+	  $(BIN)/python manage.py createsuperuser --noinput; \
+	elif [ -t 0 ]; then \
+	  $(BIN)/python manage.py createsuperuser; \
+	else \
+	  echo "make superuser: no terminal to ask in; set DJANGO_SUPERUSER_USERNAME and DJANGO_SUPERUSER_PASSWORD" >&2; \
+	  exit 2; \
+	fi
 
 # pytest includes the browser tests (tests/web/), which need the built bundle and
 # a Chromium at $(CHROMIUM); they say why when they skip (and fail instead under CI=true).

@@ -21,7 +21,8 @@ from django.core.handlers.base import BaseHandler
 from django.http import FileResponse
 from django.urls import set_script_prefix
 
-from decentcom.errors import error_body
+from decentcom.dbbreaker import database_breaker
+from decentcom.errors import database_unavailable, error_body
 from decentcom.middleware import as_api_error, is_api_path
 
 
@@ -43,7 +44,11 @@ class PooledHttpHandler(ASGIHandler):
             return
         set_script_prefix(get_script_prefix(scope))
         try:
-            response = await self._in_pool(self._respond)(scope, body_file)
+            if database_breaker.is_open and is_api_path(scope["path"]):
+                # The database is known to be unreachable: 503 now, not after waiting for a thread.
+                response = database_unavailable()
+            else:
+                response = await self._in_pool(self._respond)(scope, body_file)
             await self.send_response(response, send)
             if response.streaming:
                 await self._in_pool(response.close)()
@@ -52,6 +57,8 @@ class PooledHttpHandler(ASGIHandler):
 
     def _respond(self, scope, body_file):
         # The request signals run here, so connections are kept or closed in the thread that uses them.
+        if database_breaker.is_open and is_api_path(scope["path"]):
+            return database_unavailable()  # it went down while this request waited for a thread
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, response = self.create_request(scope, body_file)
         if request is None and is_api_path(scope["path"]):

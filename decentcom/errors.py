@@ -10,11 +10,13 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 
+from decentcom.dbbreaker import database_breaker
 from dmclient.protocol import ProtocolError
 
 logger = logging.getLogger("decentcom.errors")
 
-DB_RETRY_AFTER_S = 5
+# A process serves again within a second or so of the database's return (decentcom.dbbreaker).
+DB_RETRY_AFTER_S = 2
 
 
 class ApiError(exceptions.APIException):
@@ -90,6 +92,7 @@ def exception_handler(exc, context):
     elif isinstance(exc, SuspiciousOperation):
         status_code, body = 400, error_body("bad_request", "bad request")
     elif isinstance(exc, (OperationalError, InterfaceError)):
+        database_breaker.suspect()
         logger.error("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         status_code, body = 503, error_body("service_unavailable", "the database is unavailable, try again")
         headers["Retry-After"] = str(DB_RETRY_AFTER_S)
@@ -113,6 +116,11 @@ def _auth_header(exc, context) -> dict:
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         return {"WWW-Authenticate": 'Bearer realm="api"'}
     return {}
+
+
+def database_unavailable() -> JsonResponse:
+    return json_error(503, "service_unavailable", "the database is unavailable, try again",
+                      **{"Retry-After": str(DB_RETRY_AFTER_S)})
 
 
 def json_error(status_code: int, code: str, detail: str, **headers) -> JsonResponse:

@@ -6,7 +6,8 @@ from django.core.exceptions import DisallowedHost
 from django.http import HttpResponse
 from django.utils.cache import patch_vary_headers
 
-from decentcom.errors import DB_RETRY_AFTER_S, is_database_down, json_error
+from decentcom.dbbreaker import database_breaker
+from decentcom.errors import database_unavailable, is_database_down, json_error
 
 logger = logging.getLogger("decentcom.errors")
 
@@ -62,9 +63,9 @@ class ApiErrorMiddleware:
         if not is_api_path(request.path):
             return None
         if is_database_down(exception):
+            database_breaker.suspect()
             logger.error("database unavailable: %s", type(exception).__name__)
-            return json_error(503, "service_unavailable", "the database is unavailable, try again",
-                              **{"Retry-After": str(DB_RETRY_AFTER_S)})
+            return database_unavailable()
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "server_error", "internal server error")
 

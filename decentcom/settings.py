@@ -1,13 +1,18 @@
 """One settings module: everything from the environment, with embedded
 defaults that run on a laptop (SQLite file, in-memory channel layer, a
-filesystem Celery broker). Every variable is documented in the README."""
+filesystem Celery broker). Every variable is documented in the README.
+A development checkout's `.env` fills in what the environment does not set
+(decentcom.envfile)."""
 import os
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from decentcom.envfile import env_file_load, env_file_path
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+env_file_load(env_file_path())
 VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
 
 
@@ -26,7 +31,10 @@ DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off (in production: set SECRET_KEY, PUBLIC_URL and "
+            "ALLOWED_HOSTS in the environment; for development: run `make setup` once, which writes a "
+            ".env with DEBUG=1 and a generated SECRET_KEY)")
     SECRET_KEY = "insecure-development-key-only-for-DEBUG"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
@@ -114,8 +122,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["OPTIONS"] = {"pool": {
         "min_size": int(os.environ.get("DB_POOL_MIN_SIZE", "1")),
         "max_size": int(os.environ.get("DB_POOL_MAX_SIZE", "10")),
-        # how long a request waits for a connection before answering 503
-        "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "3")),
+        # how long a request waits for a connection before answering 503; the
+        # HTTP threads never outnumber the pool, so only an outage makes them wait
+        "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "1.5")),
     }}
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     _sqlite_file = DATABASES["default"]["NAME"]
@@ -241,6 +250,8 @@ if not REDIS_URL:
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# beat keeps its schedule state here, not in the working directory (the repository, under the Procfile)
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 DMS_PURGE_INTERVAL_SECONDS = int(os.environ.get("DMS_PURGE_INTERVAL_SECONDS", "60"))
 CELERY_BEAT_SCHEDULE = {
     "dm-purge-expired": {

@@ -4,6 +4,7 @@ from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from decentcom import health, metrics
+from decentcom.apis import ApiRootApi
 from dms.apis import ServerDescriptionApi
 
 urlpatterns = [
@@ -16,6 +17,7 @@ urlpatterns = [
     path("metrics", metrics.metrics_view, name="metrics"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/v1/", ApiRootApi.as_view(), name="api-root"),
     path("api/v1/server", ServerDescriptionApi.as_view(), name="server"),
     path("api/v1/", include("devices.urls")),
     path("api/v1/dms/", include("dms.urls")),

@@ -84,7 +84,9 @@ class DeviceOutput(serializers.Serializer):
 
 class OwnDeviceOutput(DeviceOutput):
     revoked_at = serializers.DateTimeField(allow_null=True)
-    last_seen_at = serializers.DateTimeField(allow_null=True)
+    last_seen_at = serializers.DateTimeField(allow_null=True, help_text=(
+        f"when the device last logged in or used its session; updated at most once every "
+        f"{services.LAST_SEEN_RESOLUTION_S} s per device, so it may lag by up to a minute (null: never)"))
     pending_count = serializers.IntegerField()
     current = serializers.BooleanField()
 

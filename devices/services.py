@@ -9,6 +9,7 @@ from django.utils import timezone
 from dmclient import protocol
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
+from devices.mailbox import mailbox
 from devices.models import AuthSession, Challenge, Device, User
 from devices.selectors import token_sha256
 from dms.selectors import server_settings_get
@@ -130,10 +131,14 @@ def session_logout(*, session: AuthSession) -> None:
     AuthSession.objects.filter(pk=session.pk).delete()
 
 
+# `last_seen_at` is written at most this often per device: it is read by people, not clocks.
+LAST_SEEN_RESOLUTION_S = 60
+
+
 def device_touch(*, device: Device, now=None) -> None:
     """Record `last_seen_at`, at most once a minute per device."""
     now = now or timezone.now()
-    if device.last_seen_at is None or now - device.last_seen_at > dt.timedelta(seconds=60):
+    if device.last_seen_at is None or now - device.last_seen_at > dt.timedelta(seconds=LAST_SEEN_RESOLUTION_S):
         Device.objects.filter(pk=device.pk).update(last_seen_at=now)
         device.last_seen_at = now
 
@@ -144,8 +149,6 @@ def device_register(*, certificate: protocol.Certificate) -> Device:
     """Register the device of a login signed by that device's own key
     (`auth_verify`, the only caller), or renew it with a later certificate.
     The certificate is already checked (`certificate_check`)."""
-    from dms.services import conversations_bump_epoch_for_users
-
     if User.objects.filter(username=certificate.device).exists():
         raise ApiError(409, "key_in_use", "this key is registered as a user's master key")
     user = user_get_or_create(user_id=certificate.master)
@@ -169,7 +172,7 @@ def device_register(*, certificate: protocol.Certificate) -> Device:
             raise _too_many("too many device registrations", wait)
         device = Device.objects.create(user=user, device_id=certificate.device, created_at=now,
                                        **_certificate_fields(certificate))
-        conversations_bump_epoch_for_users(user_ids=[user.pk], actor=user, now=now)
+        mailbox().conversations_bump_epoch_for_users(user_ids=[user.pk], actor=user, now=now)
         notify_users_on_commit(user_ids=[user.username], op="DEVICE_ADD",
                                d={"device_id": device.device_id, "name": device.name})
     logger.info("device registered: user=%s device=%s", user.username[:8], device.device_id[:8])
@@ -221,20 +224,18 @@ def device_revoke(*, device: Device, reason: str = "revoked") -> None:
 
     Lock order as everywhere (dms.services): the user's conversation rows (id
     order) first, then the device, then pending_dms rows, then deliveries."""
-    from dms.services import conversations_bump_epoch_for_users, deliveries_drop_for_devices
-
     if device.revoked_at is not None:
         return
     now = timezone.now()
     user = device.user
     with transaction.atomic():
-        conversations_bump_epoch_for_users(user_ids=[user.pk], actor=user, now=now)
+        mailbox().conversations_bump_epoch_for_users(user_ids=[user.pk], actor=user, now=now)
         if not Device.objects.filter(pk=device.pk, revoked_at__isnull=True).update(revoked_at=now):
             transaction.set_rollback(True)  # revoked meanwhile: undo the bump and its events
             device.revoked_at = Device.objects.get(pk=device.pk).revoked_at
             return
         AuthSession.objects.filter(device_id=device.pk).delete()
-        deliveries_drop_for_devices(device_ids=[device.pk])
+        mailbox().deliveries_drop_for_devices(device_ids=[device.pk])
         notify_users_on_commit(user_ids=[user.username], op="DEVICE_REVOKE",
                                d={"device_id": device.device_id, "name": device.name})
         close_device_connections_on_commit(device_id=device.device_id, code=CLOSE_REVOKED)
@@ -249,21 +250,20 @@ def user_suspend(*, user: User) -> bool:
     (sessions end, pending deliveries dropped, epochs bumped, DEVICE_REVOKE,
     connections closed 4003), but for as long as the suspension lasts: nothing
     is revoked. Returns False if there was nothing to do."""
-    from dms.services import conversations_bump_epoch_for_users, deliveries_drop_for_devices
-
     now = timezone.now()
     with transaction.atomic():
         # user row, then conversations (id order), devices, pending_dms, deliveries
         locked = User.objects.select_for_update().get(pk=user.pk)
         if not locked.is_key_user or locked.is_suspended:
             return False
-        conversations_bump_epoch_for_users(user_ids=[locked.pk], actor=locked, now=now)
+        mailbox().conversations_bump_epoch_for_users(user_ids=[locked.pk], actor=locked, now=now)
         devices = list(Device.objects.active(now).select_for_update(no_key=True, of=("self",))
                        .filter(user=locked).order_by("id"))
         locked.suspended_at = now
         locked.save(update_fields=["suspended_at"])
         AuthSession.objects.filter(user=locked).delete()
-        deliveries_drop_for_devices(device_ids=list(Device.objects.filter(user=locked).values_list("pk", flat=True)))
+        all_devices = list(Device.objects.filter(user=locked).values_list("pk", flat=True))
+        mailbox().deliveries_drop_for_devices(device_ids=all_devices)
         for device in devices:
             notify_users_on_commit(user_ids=[locked.username], op="DEVICE_REVOKE",
                                    d={"device_id": device.device_id, "name": device.name})
@@ -277,8 +277,6 @@ def user_unsuspend(*, user: User) -> bool:
     """Lift a suspension: the user's devices that are neither revoked nor
     expired are active again (epoch bump, DEVICE_ADD). Returns False if the
     user was not suspended."""
-    from dms.services import conversations_bump_epoch_for_users
-
     now = timezone.now()
     with transaction.atomic():
         locked = User.objects.select_for_update().get(pk=user.pk)
@@ -286,7 +284,7 @@ def user_unsuspend(*, user: User) -> bool:
             return False
         locked.suspended_at = None
         locked.save(update_fields=["suspended_at"])
-        conversations_bump_epoch_for_users(user_ids=[locked.pk], actor=locked, now=now)
+        mailbox().conversations_bump_epoch_for_users(user_ids=[locked.pk], actor=locked, now=now)
         devices = list(Device.objects.active(now).filter(user=locked).order_by("id"))
         for device in devices:
             notify_users_on_commit(user_ids=[locked.username], op="DEVICE_ADD",

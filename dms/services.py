@@ -21,6 +21,7 @@ from decentcom.ratelimit import rate_limit_hit
 from decentcom.timefmt import rfc3339
 from devices.models import AuthSession, Challenge, Device, User
 from devices.selectors import device_public_key
+from devices.services import device_revoke
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, KeyReceipt, PendingDm, Policy,
                         PurgeRun, ServerSettings, UsedMessageId)
 from dms.events import dm_status_on_commit
@@ -631,8 +632,6 @@ def dm_purge_expired(*, now: dt.datetime, dry_run: bool = False, chunk: int = PU
 
 
 def _dm_purge(*, now: dt.datetime, dry_run: bool, chunk: int) -> dict:
-    from devices.services import device_revoke
-
     conf = server_settings_get()
     undelivered_cutoff = now - dt.timedelta(days=conf.max_undelivered_days)
     expired_messages = PendingDm.objects.filter(expires_at__lte=now)

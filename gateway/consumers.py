@@ -4,7 +4,8 @@ Close codes: 4000 malformed frames kept coming; 4001 bad credentials, or the
 session ended (logout, expiry) while connected; 4002 heartbeat not answered in
 time; 4003 the device was revoked; 4008 the device already holds
 `max_gateway_connections_per_device` connections, or the user's master
-sessions together `max_gateway_master_connections_per_user`."""
+sessions together `max_gateway_master_connections_per_user`; 4010 the server
+lost its channel layer (Redis): reconnect with backoff and catch up from HELLO."""
 import asyncio
 import logging
 import time
@@ -15,6 +16,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from decentcom import metrics
 from decentcom.errors import ApiError
@@ -29,6 +31,9 @@ CLOSE_MALFORMED = 4000
 CLOSE_AUTH_FAILED = selectors.CLOSE_AUTH_FAILED
 CLOSE_HEARTBEAT_TIMEOUT = 4002
 CLOSE_TOO_MANY_CONNECTIONS = 4008
+CLOSE_RECONNECT = 4010
+# What a lost Redis raises from the channel layer.
+CHANNEL_LAYER_ERRORS = (RedisError, OSError)
 
 MAX_MALFORMED_IN_A_ROW = 5
 MAX_FRAME_CHARS = 16 * 1024
@@ -65,6 +70,23 @@ class GatewayConsumer(AsyncJsonWebsocketConsumer):
     malformed = 0
     heartbeat_task: asyncio.Task | None = None
     groups_joined_at = 0.0
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        except CHANNEL_LAYER_ERRORS as exc:
+            # Without the layer no event reaches this connection: tell the client
+            # to come back (§9) instead of dying with 1011 and a traceback.
+            logger.warning("gateway: channel layer lost (%s): closing %d", type(exc).__name__, CLOSE_RECONNECT)
+            await self._close_without_layer()
+
+    async def _close_without_layer(self) -> None:
+        self._stop_heartbeat()
+        if not self.closed:
+            self.closed = True
+            await self.base_send({"type": "websocket.close", "code": CLOSE_RECONNECT})
+        if self.slot_key:  # fails quietly while Redis is gone; the lease frees it then
+            await sync_to_async(services.gateway_slot_release)(key=self.slot_key, owner=self.channel_name)
 
     async def connect(self):
         # Accept first: a refused handshake tells the client nothing, a 4001 does (§9).

@@ -20,7 +20,7 @@ PRODUCTION_ENV = {
 def run_check(env: dict) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")}
     return subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-                          cwd=BASE_DIR, env={**base, **env}, capture_output=True, text=True)
+                          cwd=BASE_DIR, env={**base, "ENV_FILE": "", **env}, capture_output=True, text=True)
 
 
 def test_check_deploy_passes_with_documented_environment():

@@ -1,6 +1,6 @@
 """Gateway events of the mailbox (§9): CONVERSATION_UPDATE to everyone who was
 a participant before or after; DM_STATUS to the devices of a message's sender's user."""
-from dms.selectors import conversation_participants_map, delivery_counts_for_messages
+from dms.selectors import conversation_participants_map
 from dms.wire import conversation_wire
 from gateway.notify import notify_users_batch_on_commit, notify_users_on_commit
 
@@ -21,13 +21,14 @@ def conversation_update_on_commit(*, conversations, actor, added=(), removed=())
             })
 
 
-def dm_status_on_commit(*, db_ids: list) -> None:
-    """DM_STATUS (§7a) for these messages (ids as the database returns them):
-    one frame per message with its counts as this transaction leaves them;
-    all frames for one user go in one channel-layer send, so an ACK of 500
-    ids or a purge chunk is one round trip per user."""
+def dm_status_on_commit(*, statuses: dict[str, dict]) -> None:
+    """DM_STATUS (§7a) for these messages: one frame per message with its
+    counts as this transaction leaves them (`statuses` as
+    `delivery_counts_for_messages` gives them); all frames for one user go in
+    one channel-layer send, so an ACK of 500 ids or a purge chunk is one round
+    trip per user."""
     frames: dict[str, list[tuple[str, dict]]] = {}
-    for message_id, entry in sorted(delivery_counts_for_messages(db_ids=db_ids).items()):
+    for message_id, entry in sorted(statuses.items()):
         frames.setdefault(entry["sender"], []).append(("DM_STATUS", {
             "message_id": message_id, "conversation_id": entry["conversation_id"], "counts": entry["counts"]}))
     notify_users_batch_on_commit(events=frames)

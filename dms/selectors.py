@@ -268,29 +268,36 @@ def delivery_counts_zero() -> dict[str, int]:
     return dict.fromkeys(_STATES, 0)
 
 
-def delivery_counts_for_messages(*, db_ids: list) -> dict[str, dict]:
+# One row per message: its counts by state, aggregated before the per-message joins.
+_COUNT_COLUMNS = ", ".join(f"COUNT(CASE WHEN state = '{state}' THEN 1 END)" for state in _STATES)
+
+
+def delivery_counts_for_messages(*, db_ids: list, ending: tuple[str, list] | None = None) -> dict[str, dict]:
     """message id -> {"conversation_id", "sender" (user id), "counts"}, for
     DM_STATUS: one query per 10,000 ids, given as the database returns them
-    (`sql.uuid_param` values: no conversion on the ACK's hot path).
-    Messages without states are left out."""
+    (`sql.uuid_param` values: no conversion on the hot paths). Messages
+    without states are left out. With `ending` (an SQL condition on
+    `dm_delivery_states` rows and its parameters), each entry also has
+    "ending": how many of its states meet it."""
     result: dict[str, dict] = {}
+    extra = f", COUNT(CASE WHEN {ending[0]} THEN 1 END)" if ending else ""
     with connection.cursor() as cursor:
         for start in range(0, len(db_ids), MAX_IDS_PER_STATEMENT):
             ids = db_ids[start:start + MAX_IDS_PER_STATEMENT]
             cursor.execute(
-                "SELECT s.message_id, u.conversation_id, su.username, s.state, COUNT(*) FROM dm_delivery_states s "
-                "JOIN dm_used_message_ids u ON u.message_id = s.message_id "
-                "JOIN devices sd ON sd.id = u.sender_device_id JOIN users su ON su.id = sd.user_id "
-                f"WHERE s.message_id IN ({sql.placeholders(len(ids))}) "
-                "GROUP BY s.message_id, u.conversation_id, su.username, s.state", ids)
-            for message_id, conversation_id, sender, state, n in cursor.fetchall():
-                entry = result.get(message_id)
-                if entry is None:
-                    entry = result[message_id] = {
-                        "conversation_id": None if conversation_id is None else sql.uuid_str(conversation_id),
-                        "sender": sender, "counts": delivery_counts_zero()}
-                entry["counts"][state] = n
-    return {sql.uuid_str(message_id): entry for message_id, entry in result.items()}
+                "SELECT c.*, u.conversation_id, su.username FROM ("
+                f"SELECT message_id, {_COUNT_COLUMNS}{extra} FROM dm_delivery_states "
+                f"WHERE message_id IN ({sql.placeholders(len(ids))}) GROUP BY message_id) c "
+                "JOIN dm_used_message_ids u ON u.message_id = c.message_id "
+                "JOIN devices sd ON sd.id = u.sender_device_id JOIN users su ON su.id = sd.user_id",
+                [*(ending[1] if ending else ()), *ids])
+            for row in cursor.fetchall():
+                conversation_id, entry = row[-2], {"sender": row[-1], "counts": dict(zip(_STATES, row[1:]))}
+                entry["conversation_id"] = None if conversation_id is None else sql.uuid_str(conversation_id)
+                if ending:
+                    entry["ending"] = row[1 + len(_STATES)]
+                result[sql.uuid_str(row[0])] = entry
+    return result
 
 
 def delivery_status_for_user(*, user, message_ids: list[str]) -> dict[str, dict]:

@@ -25,7 +25,7 @@ from devices.services import device_revoke
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, KeyReceipt, PendingDm, Policy,
                         PurgeRun, ServerSettings, UsedMessageId)
 from dms.events import dm_status_on_commit
-from dms.selectors import MAX_IDS_PER_STATEMENT, server_settings_get
+from dms.selectors import MAX_IDS_PER_STATEMENT, delivery_counts_for_messages, server_settings_get
 from gateway.models import GatewayTicket
 from gateway.notify import notify_devices_on_commit
 
@@ -316,24 +316,30 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
     deliveries unACKed since before `undelivered_before` only) become the final
     `state`, and DM_STATUS goes to the senders' users after commit. A final
     state is never overwritten. Call in the transaction that ends the
-    deliveries, with the messages locked."""
-    changed: set = set()
-    with connection.cursor() as cursor:
-        for start in range(0, len(message_ids), MAX_IDS_PER_STATEMENT):
-            ids = [sql.uuid_param(m) for m in message_ids[start:start + MAX_IDS_PER_STATEMENT]]
-            where, params = f"state = 'pending' AND message_id IN ({sql.placeholders(len(ids))})", ids
-            if device_ids is not None:
-                where += f" AND device_id IN ({sql.placeholders(len(device_ids))})"
-                params = [*params, *device_ids]
-            if undelivered_before is not None:
-                where += (" AND EXISTS (SELECT 1 FROM dm_deliveries d WHERE d.message_id = dm_delivery_states.message_id"
-                          " AND d.device_id = dm_delivery_states.device_id AND d.acked_at IS NULL AND d.created_at <= %s)")
-                params = [*params, sql.dt_param(undelivered_before)]
-            cursor.execute(f"UPDATE dm_delivery_states SET state = %s, reason = %s, at = %s WHERE {where} "
-                           "RETURNING message_id", [state, reason, sql.dt_param(at), *params])
-            changed.update(row[0] for row in cursor.fetchall())
-    if changed:
-        dm_status_on_commit(db_ids=list(changed))
+    deliveries, with the messages locked: the counts are read just before the
+    UPDATE, which then returns nothing (a purge chunk ends 20,000 states)."""
+    for start in range(0, len(message_ids), MAX_IDS_PER_STATEMENT):
+        ids = [sql.uuid_param(m) for m in message_ids[start:start + MAX_IDS_PER_STATEMENT]]
+        ending, params = "state = 'pending'", []
+        if device_ids is not None:
+            ending += f" AND device_id IN ({sql.placeholders(len(device_ids))})"
+            params += device_ids
+        if undelivered_before is not None:
+            ending += (" AND EXISTS (SELECT 1 FROM dm_deliveries d WHERE d.message_id = dm_delivery_states.message_id"
+                       " AND d.device_id = dm_delivery_states.device_id AND d.acked_at IS NULL AND d.created_at <= %s)")
+            params.append(sql.dt_param(undelivered_before))
+        changed = {}
+        for message_id, entry in delivery_counts_for_messages(db_ids=ids, ending=(ending, params)).items():
+            if n := entry.pop("ending"):
+                entry["counts"]["pending"] -= n
+                entry["counts"][state] += n
+                changed[message_id] = entry
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE dm_delivery_states SET state = %s, reason = %s, at = %s "
+                           f"WHERE message_id IN ({sql.placeholders(len(ids))}) AND {ending}",
+                           [state, reason, sql.dt_param(at), *ids, *params])
+        if changed:
+            dm_status_on_commit(statuses=changed)
 
 
 # --- send (§7) ---------------------------------------------------------------------
@@ -562,14 +568,14 @@ def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict
         if acked:
             # §7a: their final state, in this transaction; `failed` wins over `message_ids` as for receipts
             acked_ids = [mid for mid, _ in acked]
-            failed_ids = [mid for mid in acked_ids if sql.uuid_str(mid) in failed_set]
+            failed_ids = [mid for mid in acked_ids if sql.uuid_str(mid) in failed_set] if failed_set else []
             state = (f"CASE WHEN message_id IN ({sql.placeholders(len(failed_ids))}) THEN 'failed' "
                      "ELSE 'delivered' END" if failed_ids else "'delivered'")
             cursor.execute(
                 f"UPDATE dm_delivery_states SET state = {state}, at = %s WHERE device_id = %s AND state = 'pending' "
                 f"AND message_id IN ({sql.placeholders(len(acked_ids))})",
                 [*failed_ids, sql.dt_param(now), device.pk, *acked_ids])
-            dm_status_on_commit(db_ids=acked_ids)
+            dm_status_on_commit(statuses=delivery_counts_for_messages(db_ids=acked_ids))
             transaction.on_commit(lambda n=len(acked_ids): metrics.DM_ACKS.inc(n))
         # One receipt per (conversation, sender device, key): a batch from one sender is usually one row.
         receipts: dict = {}

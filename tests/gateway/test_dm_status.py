@@ -8,7 +8,8 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from dms.selectors import server_settings_get
+from devices.models import User
+from dms.selectors import delivery_status_for_user, server_settings_get
 from dms.services import dm_purge_expired
 from tests.factories import ack, build_send, create_conversation, make_person, send
 from tests.gateway.wsutil import close_all, connect, next_op, silent
@@ -141,6 +142,31 @@ def test_revocation_and_removal_send_dm_status():
         assert response.status_code == 204
         assert (await next_status(comm))["d"] == {
             "message_id": mid, "conversation_id": group["conversation_id"], "counts": counts(pending=1, dropped=2)}
+        await close_all(comm)
+
+    run(scenario)
+
+
+def test_an_undelivered_purge_sends_the_counts_the_status_answers():
+    """The purge reads a chunk's counts before its UPDATE and moves only the
+    states it ends: DM_STATUS must still carry what the status endpoint answers."""
+    alice, bob = make_person(1), make_person(3)
+    conf = server_settings_get()
+    conf.max_undelivered_days = 3
+    conf.save()
+    conversation = create_conversation(alice.device, [bob.id], retention={"policy": "ttl", "ttl_days": 14})
+    [mid] = send_many(alice.device, conversation, 1)
+    ack(bob.devices[0], [mid])
+
+    async def scenario():
+        comm = (await connect(alice.device.client.token))[0]
+        await sync_to_async(dm_purge_expired)(now=timezone.now() + dt.timedelta(days=3, minutes=1))
+        got = (await next_op(comm, "DM_STATUS"))["d"]
+        # The purge as of 3 days later ended the client's session: the status as the endpoint reads it.
+        answer = await sync_to_async(delivery_status_for_user)(user=await User.objects.aget(username=alice.id),
+                                                               message_ids=[mid])
+        assert got["counts"] == answer[mid]["counts"] == counts(delivered=1, expired=2)
+        assert await silent(comm)
         await close_all(comm)
 
     run(scenario)

@@ -63,10 +63,10 @@ def device_list_active(*, user: User) -> list[Device]:
 def device_list_for_owner(*, user: User) -> list[Device]:
     """All of a user's devices, revoked ones included, with `pending_count`:
     the deliveries waiting for each, as sync would serve them (§4, §8)."""
-    from dms.selectors import server_settings_get
+    from devices.mailbox import mailbox
 
     now = timezone.now()
-    cutoff = now - dt.timedelta(days=server_settings_get().max_undelivered_days)
+    cutoff = now - dt.timedelta(days=mailbox().server_settings_get().max_undelivered_days)
     waiting = (Q(dms_deliveries__acked_at__isnull=True) & Q(dms_deliveries__created_at__gt=cutoff)
                & (Q(dms_deliveries__message__expires_at__isnull=True) | Q(dms_deliveries__message__expires_at__gt=now)))
     return list(

@@ -12,7 +12,6 @@ from decentcom.ratelimit import rate_limit_hit
 from devices.mailbox import mailbox
 from devices.models import AuthSession, Challenge, Device, User
 from devices.selectors import token_sha256
-from dms.selectors import server_settings_get
 from gateway.notify import (close_device_connections_on_commit, close_user_connections_on_commit,
                             notify_users_on_commit)
 
@@ -38,7 +37,7 @@ def challenge_create(*, pubkey: str, client_ip: str | None) -> Challenge:
     """A login challenge. Limited per client address only: device ids are
     public, so a limit per key would let anyone lock a key out. Instead a key
     has at most 5 outstanding challenges, a new one replacing the oldest."""
-    conf = server_settings_get()
+    conf = mailbox().server_settings_get()
     wait = rate_limit_hit(scope="challenge-ip", key=client_ip or "-", limit=conf.challenge_rate_per_ip, window_s=60)
     if wait:
         raise _too_many("too many challenges, slow down", wait)
@@ -152,7 +151,7 @@ def device_register(*, certificate: protocol.Certificate) -> Device:
     if User.objects.filter(username=certificate.device).exists():
         raise ApiError(409, "key_in_use", "this key is registered as a user's master key")
     user = user_get_or_create(user_id=certificate.master)
-    conf = server_settings_get()
+    conf = mailbox().server_settings_get()
     now = timezone.now()
     with transaction.atomic():
         # The user row first: serialises a user's registrations and its suspension.

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q
+from django.db.models import Count, Exists, F, OuterRef
 from django.utils import timezone
 
 from decentcom import metrics, sql

@@ -270,26 +270,26 @@ async def notify_phase(http: httpx.AsyncClient, url: str, sender: BenchDevice, r
 
 def django_setup(database: BenchDatabase) -> None:
     os.environ.update({k: database.env[k] for k in ("DATABASE_URL", "VAR_DIR", "DEBUG", "REDIS_PREFIX")})
-    for key in ("SECRET_KEY", "SECURE_SSL_REDIRECT"):
+    for key in ("SECRET_KEY", "SECURE_SSL_REDIRECT", "PUBLIC_URL"):
         if key in database.env:
             os.environ[key] = database.env[key]
     os.environ["DJANGO_SETTINGS_MODULE"] = "decentcom.settings"
     import django
 
     django.setup()
-    for name in ("dms", "devices"):  # the purge and logins log each run
+    for name in ("dms", "devices", "decentcom"):  # the purge, logins and requests log each run
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class InProcess:
     """Django's test client on the bench database: same views, same queries."""
 
-    ORIGIN = "http://127.0.0.1"
-
     def __init__(self):
+        from django.conf import settings
         from django.test import Client
 
         self.client = Client(HTTP_HOST="127.0.0.1")
+        self.origin = settings.PUBLIC_URL or "http://127.0.0.1"
 
     def post(self, path: str, body, device: BenchDevice | None = None, expect=(200, 201)):
         extra = {"HTTP_AUTHORIZATION": f"Bearer {device.token}"} if device else {}
@@ -301,7 +301,7 @@ class InProcess:
 
     def login(self, device: BenchDevice) -> None:
         challenge = self.post("/api/v1/auth/challenge", {"pubkey": device.id})["challenge"]
-        device.token = self.post("/api/v1/auth/verify", device.verify_body(challenge, self.ORIGIN))["token"]
+        device.token = self.post("/api/v1/auth/verify", device.verify_body(challenge, self.origin))["token"]
 
     def counted(self, path: str, body, device: BenchDevice):
         from django.db import connection

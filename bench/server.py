@@ -43,9 +43,13 @@ class BenchDatabase:
         else:
             self.url = f"sqlite:///{self.tmp.name}/db.sqlite3"
         self.redis_prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        debug = os.environ.get("DEBUG", "1")  # `make run` exports DEBUG=1
+        # The port is chosen first: production settings need PUBLIC_URL, the origin clients sign.
+        self.port = free_port()
+        self.public_url = f"http://127.0.0.1:{self.port}"
+        # Production settings, as the Procfile runs them (DEBUG=1 only on request: it measures a debug server).
+        debug = os.environ.get("BENCH_DEBUG", "0")
         self.env = {**os.environ, "DATABASE_URL": self.url, "VAR_DIR": self.tmp.name, "DEBUG": debug,
-                    "REDIS_PREFIX": self.redis_prefix}
+                    "REDIS_PREFIX": self.redis_prefix, "PUBLIC_URL": self.public_url}
         if debug.strip().lower() not in ("1", "true", "yes", "on"):
             # Production mode on loopback: no HTTPS redirect, a throwaway key.
             self.env.update(SECRET_KEY=secrets.token_urlsafe(32), SECURE_SSL_REDIRECT="0")
@@ -82,7 +86,7 @@ class BenchServer:
     """daphne serving decentcom.asgi:application, as `make run`'s web process."""
 
     def __init__(self, database: BenchDatabase):
-        self.port = free_port()
+        self.port = database.port
         self.log_path = Path(database.tmp.name) / "daphne.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

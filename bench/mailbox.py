@@ -208,11 +208,13 @@ async def conversation_setup(http: httpx.AsyncClient, k: int) -> Conversation:
 
 
 async def open_connections(http: httpx.AsyncClient, device: BenchDevice, n: int) -> None:
-    """n pooled connections opened (and each web process warmed) before a timed phase."""
-    responses = await asyncio.gather(*(http.post("/api/v1/dms/sync", content=b'{"limit": 1}', headers=device.headers)
-                                       for _ in range(n)))
-    for r in responses:
-        r.raise_for_status()
+    """n pooled connections, opened one at a time before a timed phase: a burst of connects would all
+    be accepted by whichever web process wakes first (Twisted accepts many per wake-up)."""
+    for in_flight in range(1, n + 1):  # each round reuses the idle connections and opens one more
+        responses = await asyncio.gather(*(http.post("/api/v1/dms/sync", content=b'{"limit": 1}',
+                                                     headers=device.headers) for _ in range(in_flight)))
+        for r in responses:
+            r.raise_for_status()
 
 
 async def send_all(http: httpx.AsyncClient, jobs: list[tuple[BenchDevice, bytes]], concurrency: int) -> None:

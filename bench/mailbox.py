@@ -367,7 +367,7 @@ async def mailbox_depth_phase(http: httpx.AsyncClient, args, pids: list[int]) ->
     --mailbox-depth pending deliveries each, alternated so that both see the same machine."""
     empty, full = await asyncio.gather(*(conversation_setup(http, args.recipients) for _ in range(2)))
     started = time.perf_counter()
-    await asyncio.to_thread(mailbox_fill, args.mailbox_depth, full, args.size)
+    await asyncio.to_thread(mailbox_fill_in_thread, args.mailbox_depth, full, args.size)
     fill_s = time.perf_counter() - started
     runs: dict[str, list] = {"empty": [], "full": []}
     for _ in range(args.mailbox_rounds):
@@ -474,7 +474,7 @@ def mailbox_fill(n: int, fx: Conversation, size: int) -> None:
     """n pending messages from fx's sender to every one of its recipient devices, written as a send
     writes them (pending_dms, a delivery per device, the used id, a `pending` delivery state per
     delivery), in set-based inserts. A table a send also writes gets its fill here."""
-    from django.db import connection, connections, transaction
+    from django.db import connection, transaction
     from django.utils import timezone
 
     from devices.models import Device
@@ -523,7 +523,16 @@ def mailbox_fill(n: int, fx: Conversation, size: int) -> None:
             f"WHERE {mine}", [conv_id, created])
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
-    connections.close_all()  # this thread's connection: the fill runs beside the bench's event loop
+
+
+def mailbox_fill_in_thread(n: int, fx: Conversation, size: int) -> None:
+    """The fill from a thread beside the bench's event loop (Django is sync-only there)."""
+    from django.db import connections
+
+    try:
+        mailbox_fill(n, fx, size)
+    finally:
+        connections.close_all()  # this thread's own connection
 
 
 def _purge_fill(n: int, fixture: dict, size: int, now: dt.datetime) -> None:

@@ -18,9 +18,10 @@ deliveries each (filled by SQL), alternated. Then in-process on the bench's
 database: query counts (Django's test client and CaptureQueriesContext) and the
 purge service on N expired messages against the same delete as raw SQL.
 
-The bench client and the server share this machine: each send phase reports
-the client's own CPU and the whole machine's (/proc/stat), so the table shows
-when the machine, not the server, is the limit. Rate limits are switched off in
+The bench client and the server share this machine: each timed phase reports
+the CPU of the web processes (and of their PostgreSQL backends), the client's
+own and the whole machine's (/proc/stat), so the table shows when the machine,
+not the server, is the limit. Rate limits are switched off in
 the bench's own database; `--url` uses the server's settings as they are."""
 import argparse
 import asyncio
@@ -151,30 +152,70 @@ def machine_jiffies() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
-class Meter:
-    """Wall time and the CPU of the web processes, of this bench and of the whole machine over a phase."""
+def database_backends(name: str) -> list[int]:
+    """The PostgreSQL backends serving database `name` on this machine
+    (`postgres: [cluster:] user database host(port) state`)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            words = (proc / "cmdline").read_bytes().split(b" ") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if words[:1] == [b"postgres:"] and name.encode() in words:
+            found.append(int(proc.name))
+    return found
 
-    def __init__(self, pids: list[int]):
-        self.pids = pids
+
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = cpu_seconds(pid)
+        except OSError:  # gone meanwhile
+            pass
+    return out
+
+
+@dataclass
+class Watch:
+    """The processes whose CPU is the server's: the web processes and, on PostgreSQL, the database's backends."""
+    web: list[int]
+    database: str | None = None
+
+    def database_cpu(self) -> dict[int, float]:
+        return cpu_of(database_backends(self.database)) if self.database else {}
+
+
+class Meter:
+    """Wall time and the CPU of the web processes, the database, this bench and the whole machine over a phase."""
+
+    def __init__(self, watch: Watch):
+        self.watch = watch
         self.wall = time.perf_counter()
-        self.server = [cpu_seconds(pid) for pid in pids]
+        self.server = cpu_of(watch.web)
+        self.database = watch.database_cpu()
         self.client = time.process_time()
         self.machine = machine_jiffies()
 
     def stop(self) -> dict:
         wall = time.perf_counter() - self.wall
-        server = [cpu_seconds(pid) - before for pid, before in zip(self.pids, self.server)]
+        now = cpu_of(self.watch.web)
+        server = {pid: now[pid] - before for pid, before in self.server.items() if pid in now}
+        # a backend that started during the phase counts whole; one that ended is lost (persistent connections)
+        database = sum(cpu - self.database.get(pid, 0.0) for pid, cpu in self.watch.database_cpu().items())
         busy, total = (now - before for now, before in zip(machine_jiffies(), self.machine))
         cores = os.cpu_count() or 1
-        return {"seconds": wall, "server_cpu_s": sum(server) if self.pids else None,
-                "server_cpu_s_by_pid": dict(zip(self.pids, server)),
+        return {"seconds": wall, "server_cpu_s": sum(server.values()) if server else None,
+                "server_cpu_s_by_pid": server, "database_cpu_s": database if self.watch.database else None,
                 "client_cpu_s": time.process_time() - self.client,
                 "machine_busy_cores": cores * busy / total if total else None, "cores": cores}
 
 
 def per_send(usage: dict, sends: int) -> dict:
+    database = usage["database_cpu_s"]
     return {"sends": sends, "sends_per_s": sends / usage["seconds"],
             "server_cpu_ms_per_send": None if usage["server_cpu_s"] is None else usage["server_cpu_s"] * 1000 / sends,
+            "database_cpu_ms_per_send": None if database is None else database * 1000 / sends,
             "client_cpu_ms_per_send": usage["client_cpu_s"] * 1000 / sends, "usage": usage}
 
 
@@ -251,18 +292,18 @@ async def drain(http: httpx.AsyncClient, device: BenchDevice, counts: dict, limi
 
 
 async def send_phase(http: httpx.AsyncClient, fx: Conversation, bodies: list[tuple[str, bytes]], concurrency: int,
-                     pids: list[int]) -> dict:
+                     watch: Watch) -> dict:
     await open_connections(http, fx.sender, concurrency)
-    meter = Meter(pids)
+    meter = Meter(watch)
     await send_all(http, [(fx.sender, body) for _, body in bodies], concurrency)
     return per_send(meter.stop(), len(bodies))
 
 
-async def drain_phase(http: httpx.AsyncClient, fx: Conversation, pids: list[int], expected: set[str] | None = None,
+async def drain_phase(http: httpx.AsyncClient, fx: Conversation, watch: Watch, expected: set[str] | None = None,
                       limit: int | None = None) -> dict:
     """Every recipient drains at once: all its mail, or its first `limit` messages."""
     counts = {"syncs": 0, "acks": 0}
-    meter = Meter(pids)
+    meter = Meter(watch)
     drained = await asyncio.gather(*(drain(http, d, counts, limit) for d in fx.recipients))
     usage = meter.stop()
     for device, got in zip(fx.recipients, drained):
@@ -270,9 +311,10 @@ async def drain_phase(http: httpx.AsyncClient, fx: Conversation, pids: list[int]
         if len(set(got)) != len(got) or len(got) != wanted or (expected is not None and set(got) != expected):
             raise RuntimeError(f"device {device.id[:8]} drained {len(got)} messages, expected {wanted}")
     total = sum(len(g) for g in drained)
+    server, database = usage["server_cpu_s"], usage["database_cpu_s"]
     return {"messages": total, "messages_per_s": total / usage["seconds"], **counts,
-            "server_cpu_ms_per_1000": None if usage["server_cpu_s"] is None else usage["server_cpu_s"] * 1e6 / total,
-            "usage": usage}
+            "server_cpu_ms_per_1000": None if server is None else server * 1e6 / total,
+            "database_cpu_ms_per_1000": None if database is None else database * 1e6 / total, "usage": usage}
 
 
 async def notify_phase(http: httpx.AsyncClient, url: str, sender: BenchDevice, recipient: BenchDevice,
@@ -330,7 +372,7 @@ async def notify_phase(http: httpx.AsyncClient, url: str, sender: BenchDevice, r
             "from_response_p99_ms": percentile(from_response, 99)}
 
 
-async def many_senders_phase(http: httpx.AsyncClient, args, pids: list[int]) -> dict:
+async def many_senders_phase(http: httpx.AsyncClient, args, watch: Watch) -> dict:
     """D devices in D/2 direct conversations, all sending to their peer at once."""
     pairs = await asyncio.gather(*(conversation_setup(http, 1) for _ in range(args.senders // 2)))
     per_device = -(-args.messages // (2 * len(pairs)))
@@ -342,13 +384,13 @@ async def many_senders_phase(http: httpx.AsyncClient, args, pids: list[int]) -> 
                                                                        per_device, args.size)])
     jobs = [job for round_ in zip(*streams) for job in round_]  # round-robin: every device keeps sending
     await open_connections(http, pairs[0].sender, args.many_concurrency)
-    meter = Meter(pids)
+    meter = Meter(watch)
     await send_all(http, jobs, args.many_concurrency)
     return {"devices": 2 * len(pairs), "conversations": len(pairs), "concurrency": args.many_concurrency,
             **per_send(meter.stop(), len(jobs))}
 
 
-async def one_sender_phases(http: httpx.AsyncClient, args, url: str, pids: list[int]) -> dict:
+async def one_sender_phases(http: httpx.AsyncClient, args, url: str, watch: Watch) -> dict:
     fx = await conversation_setup(http, args.recipients)
     started = time.perf_counter()
     bodies = build_sends(fx.sender, fx.conv, [r.id for r in fx.recipients], args.messages + args.notify_samples,
@@ -356,13 +398,13 @@ async def one_sender_phases(http: httpx.AsyncClient, args, url: str, pids: list[
     crypto_s = time.perf_counter() - started
     sends, notify_sends = bodies[:args.messages], bodies[args.messages:]
     result = {"client_crypto_s": crypto_s,
-              "send": await send_phase(http, fx, sends, args.concurrency, pids),
-              "drain": await drain_phase(http, fx, pids, expected={mid for mid, _ in sends})}
+              "send": await send_phase(http, fx, sends, args.concurrency, watch),
+              "drain": await drain_phase(http, fx, watch, expected={mid for mid, _ in sends})}
     result["notify"] = await notify_phase(http, url, fx.sender, fx.recipients[0], notify_sends)
     return result
 
 
-async def mailbox_depth_phase(http: httpx.AsyncClient, args, pids: list[int]) -> dict:
+async def mailbox_depth_phase(http: httpx.AsyncClient, args, watch: Watch) -> dict:
     """The same sends and drains to recipients with empty mailboxes and to recipients with
     --mailbox-depth pending deliveries each, alternated so that both see the same machine."""
     empty, full = await asyncio.gather(*(conversation_setup(http, args.recipients) for _ in range(2)))
@@ -373,35 +415,39 @@ async def mailbox_depth_phase(http: httpx.AsyncClient, args, pids: list[int]) ->
     for _ in range(args.mailbox_rounds):
         for name, fx in (("empty", empty), ("full", full)):
             bodies = build_sends(fx.sender, fx.conv, [r.id for r in fx.recipients], args.messages, args.size)
-            send = await send_phase(http, fx, bodies, args.concurrency, pids)
-            drained = await drain_phase(http, fx, pids, limit=args.messages)
+            send = await send_phase(http, fx, bodies, args.concurrency, watch)
+            drained = await drain_phase(http, fx, watch, limit=args.messages)
             runs[name].append((send, drained))
     out = {"depth": args.mailbox_depth, "rounds": args.mailbox_rounds, "fill_s": fill_s}
     for name, pairs in runs.items():
         send_s = sum(s["usage"]["seconds"] for s, _ in pairs)
         drain_s = sum(d["usage"]["seconds"] for _, d in pairs)
-        cpu = [s["usage"]["server_cpu_s"] for s, _ in pairs]
         sends = sum(s["sends"] for s, _ in pairs)
-        out[name] = {"sends_per_s": sends / send_s,
-                     "server_cpu_ms_per_send": None if None in cpu else sum(cpu) * 1000 / sends,
+
+        def ms_per_send(key: str) -> float | None:
+            cpu = [s["usage"][key] for s, _ in pairs]
+            return None if None in cpu else sum(cpu) * 1000 / sends
+
+        out[name] = {"sends_per_s": sends / send_s, "server_cpu_ms_per_send": ms_per_send("server_cpu_s"),
+                     "database_cpu_ms_per_send": ms_per_send("database_cpu_s"),
                      "drain_per_s": sum(d["messages"] for _, d in pairs) / drain_s}
     out["ratio"] = {key: out["full"][key] / out["empty"][key] if out["empty"][key] else None
                     for key in ("sends_per_s", "drain_per_s")}
     return out
 
 
-def server_phases(args, url: str, pids: list[int], *, with_depth: bool) -> dict:
+def server_phases(args, url: str, watch: Watch, *, with_depth: bool) -> dict:
     async def run() -> dict:
         limits = httpx.Limits(max_connections=max(args.concurrency, args.many_concurrency, args.recipients) + 2)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-            result = await one_sender_phases(http, args, url, pids)
-            result["many"] = await many_senders_phase(http, args, pids)
+            result = await one_sender_phases(http, args, url, watch)
+            result["many"] = await many_senders_phase(http, args, watch)
             if with_depth:
-                result["depth"] = await mailbox_depth_phase(http, args, pids)
+                result["depth"] = await mailbox_depth_phase(http, args, watch)
         return result
 
     result = asyncio.run(run())
-    workers = pids[1:] or pids  # the serve parent only supervises
+    workers = watch.web[1:] or watch.web  # the serve parent only supervises
     result["peak_rss_mib"] = max(peak_rss_bytes(pid) for pid in workers) / 2**20 if workers else None
     return result
 
@@ -639,15 +685,21 @@ def figure(metric: str, value, fmt: str = "{:,.0f}", *, target: tuple[str, float
 
 
 def machine_note(usage: dict) -> str:
+    """Where the machine's busy cores went: web processes (and their split), database, bench client, others."""
     server = usage["server_cpu_s"]
     if usage["machine_busy_cores"] is None or server is None:
         return ""
-    busy, seconds = usage["machine_busy_cores"], usage["seconds"]
-    web, client = server / seconds, usage["client_cpu_s"] / seconds
-    split = "/".join(f"{100 * s / server:.0f}" for pid, s in list(usage["server_cpu_s_by_pid"].items())[1:]) \
-        if server and len(usage["server_cpu_s_by_pid"]) > 2 else ""
-    return (f"web {web:.2f}{f' (workers {split}%)' if split else ''}, bench client {client:.2f}, "
-            f"others {max(0.0, busy - web - client):.2f}")
+    seconds = usage["seconds"]
+    web, client, database = server / seconds, usage["client_cpu_s"] / seconds, (usage["database_cpu_s"] or 0) / seconds
+    workers = list(usage["server_cpu_s_by_pid"].values())[1:]
+    split = f" (workers {'/'.join(f'{100 * w / server:.0f}' for w in workers)}%)" if server and len(workers) > 1 else ""
+    return (f"web {web:.2f}{split}{f', database {database:.2f}' if usage['database_cpu_s'] is not None else ''}, "
+            f"bench client {client:.2f}, others {max(0.0, usage['machine_busy_cores'] - web - database - client):.2f}")
+
+
+def database_rows(metric: str, value: float | None, fmt: str = "{:.2f}") -> list[dict]:
+    """PostgreSQL's own CPU, outside the web processes' (none on SQLite: it runs inside them)."""
+    return [] if value is None else [figure(metric, value, fmt, note="the PostgreSQL backends of the web processes")]
 
 
 def run_rows(label: str, r: dict, t: dict) -> list[dict]:
@@ -658,12 +710,14 @@ def run_rows(label: str, r: dict, t: dict) -> list[dict]:
                peer=PEER["sends_per_s"]),
         figure("  server CPU ms per send", send["server_cpu_ms_per_send"], "{:.2f}",
                target=("<=", t["cpu_ms_per_send"]), peer=PEER["cpu_ms_per_send"]),
+        *database_rows("  database CPU ms per send", send["database_cpu_ms_per_send"]),
         figure("  bench client CPU ms per send", send["client_cpu_ms_per_send"], "{:.2f}"),
         figure(f"  machine busy (cores of {cores})", send["usage"]["machine_busy_cores"], "{:.2f}",
                note=machine_note(send["usage"])),
         figure(f"drained messages/s [{label}]", drain["messages_per_s"], target=(">=", t["drain_per_s"]),
                peer=PEER["drain_per_s"], note=f"{drain['syncs']} syncs, {drain['acks']} ACKs"),
         figure("  server CPU ms per 1,000 drained", drain["server_cpu_ms_per_1000"], "{:.1f}"),
+        *database_rows("  database CPU ms per 1,000 drained", drain["database_cpu_ms_per_1000"], "{:.1f}"),
         figure(f"  machine busy (cores of {cores})", drain["usage"]["machine_busy_cores"], "{:.2f}",
                note=machine_note(drain["usage"])),
     ]
@@ -682,6 +736,7 @@ def run_rows(label: str, r: dict, t: dict) -> list[dict]:
         figure(f"sends/s, {many['devices']} senders in {many['conversations']} conversations [{label}]",
                many["sends_per_s"], note=f"C={many['concurrency']}, 1 recipient device each"),
         figure("  server CPU ms per send", many["server_cpu_ms_per_send"], "{:.2f}"),
+        *database_rows("  database CPU ms per send", many["database_cpu_ms_per_send"]),
         figure(f"  machine busy (cores of {cores})", many["usage"]["machine_busy_cores"], "{:.2f}",
                note=machine_note(many["usage"])),
         figure(f"peak RSS per web process [{label}]", r["peak_rss_mib"], "{:.0f} MiB", target=("<=", t["rss_mib"])),
@@ -691,11 +746,14 @@ def run_rows(label: str, r: dict, t: dict) -> list[dict]:
 
 def depth_rows(d: dict, t: dict) -> list[dict]:
     depth, empty, full = d["depth"], d["empty"], d["full"]
-    cpu = " / ".join("n/a" if x["server_cpu_ms_per_send"] is None else f"{x['server_cpu_ms_per_send']:.2f}"
-                     for x in (empty, full))
+    def cpu(key: str) -> str:
+        return " / ".join("n/a" if x[key] is None else f"{x[key]:.2f}" for x in (empty, full))
+
+    database = "" if empty["database_cpu_ms_per_send"] is None else f", database {cpu('database_cpu_ms_per_send')}"
     return [
         figure("sends/s, recipients' mailboxes empty", empty["sends_per_s"],
-               note=f"{d['rounds']} rounds alternated; server CPU ms per send {cpu} (empty / full)"),
+               note=f"{d['rounds']} rounds alternated; CPU ms per send empty / full: web "
+                    f"{cpu('server_cpu_ms_per_send')}{database}"),
         figure(f"sends/s, {depth:,} pending per recipient device", full["sends_per_s"]),
         figure("  full / empty", d["ratio"]["sends_per_s"], "{:.2f}", target=(">=", t["flat_ratio"])),
         figure("drained messages/s, mailboxes empty", empty["drain_per_s"]),
@@ -802,12 +860,13 @@ def main() -> int:
         if args.url:
             url = args.url.rstrip("/")
             pid = pid_listening_on(urlsplit(url).port or 80)
-            result["runs"]["server"] = server_phases(args, url, [pid] if pid else [], with_depth=False)
+            result["runs"]["server"] = server_phases(args, url, Watch([pid] if pid else []), with_depth=False)
         for i, processes in enumerate([] if args.url else args.web_processes):
             server = BenchServer(database, processes=processes)
             try:
                 label = f"{processes} web process{'es' if processes > 1 else ''}"
-                result["runs"][label] = server_phases(args, server.url, server.pids, with_depth=i == 0)
+                result["runs"][label] = server_phases(args, server.url, Watch(server.pids, database.pg_name),
+                                                           with_depth=i == 0)
             finally:
                 server.stop()  # the next phases run alone
         queries = query_counts(args)

@@ -412,11 +412,12 @@ async def mailbox_depth_phase(http: httpx.AsyncClient, args, watch: Watch) -> di
     await asyncio.to_thread(mailbox_fill_in_thread, args.mailbox_depth, full, args.size)
     fill_s = time.perf_counter() - started
     runs: dict[str, list] = {"empty": [], "full": []}
+    per_round = max(1, args.messages // args.mailbox_rounds)  # M sends in all to each kind of mailbox
     for _ in range(args.mailbox_rounds):
         for name, fx in (("empty", empty), ("full", full)):
-            bodies = build_sends(fx.sender, fx.conv, [r.id for r in fx.recipients], args.messages, args.size)
+            bodies = build_sends(fx.sender, fx.conv, [r.id for r in fx.recipients], per_round, args.size)
             send = await send_phase(http, fx, bodies, args.concurrency, watch)
-            drained = await drain_phase(http, fx, watch, limit=args.messages)
+            drained = await drain_phase(http, fx, watch, limit=per_round)
             runs[name].append((send, drained))
     out = {"depth": args.mailbox_depth, "rounds": args.mailbox_rounds, "fill_s": fill_s}
     for name, pairs in runs.items():
@@ -693,8 +694,10 @@ def machine_note(usage: dict) -> str:
     web, client, database = server / seconds, usage["client_cpu_s"] / seconds, (usage["database_cpu_s"] or 0) / seconds
     workers = list(usage["server_cpu_s_by_pid"].values())[1:]
     split = f" (workers {'/'.join(f'{100 * w / server:.0f}' for w in workers)}%)" if server and len(workers) > 1 else ""
+    busy = usage["machine_busy_cores"]
     return (f"web {web:.2f}{split}{f', database {database:.2f}' if usage['database_cpu_s'] is not None else ''}, "
-            f"bench client {client:.2f}, others {max(0.0, usage['machine_busy_cores'] - web - database - client):.2f}")
+            f"bench client {client:.2f}, others {max(0.0, busy - web - database - client):.2f}"
+            f"{'; the machine is the limit' if busy >= 0.95 * usage['cores'] else ''}")
 
 
 def database_rows(metric: str, value: float | None, fmt: str = "{:.2f}") -> list[dict]:
@@ -816,7 +819,8 @@ def main() -> int:
                         help="web processes to run the phases with, e.g. 1,2 (default)")
     parser.add_argument("--mailbox-depth", type=int, default=10_000,
                         help="pending deliveries per recipient device in the mailbox-size phase (default 10,000)")
-    parser.add_argument("--mailbox-rounds", type=int, default=2, help="alternated empty/full rounds (default 2)")
+    parser.add_argument("--mailbox-rounds", type=int, default=2,
+                        help="alternated empty/full rounds the M sends are split into (default 2)")
     parser.add_argument("--purge-rows", type=int, default=20_000,
                         help="expired messages to purge (default 20,000; `make bench-scale` purges 100,000)")
     parser.add_argument("--url", help="a running server on this machine (default: start one)")

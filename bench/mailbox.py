@@ -145,6 +145,8 @@ def ciphertext_len(size: int) -> int:
     return max(protocol.PAD_BLOCK, -(-size // protocol.PAD_BLOCK) * protocol.PAD_BLOCK) + 16
 
 
+# --- measuring --------------------------------------------------------------------------
+
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of all the machine's CPUs, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
@@ -203,7 +205,7 @@ class Meter:
         server = {pid: now[pid] - before for pid, before in self.server.items() if pid in now}
         # a backend that started during the phase counts whole; one that ended is lost (persistent connections)
         database = sum(cpu - self.database.get(pid, 0.0) for pid, cpu in self.watch.database_cpu().items())
-        busy, total = (now - before for now, before in zip(machine_jiffies(), self.machine))
+        busy, total = (after - before for after, before in zip(machine_jiffies(), self.machine))
         cores = os.cpu_count() or 1
         return {"seconds": wall, "server_cpu_s": sum(server.values()) if server else None,
                 "server_cpu_s_by_pid": server, "database_cpu_s": database if self.watch.database else None,

@@ -821,8 +821,8 @@ def main() -> int:
                         help="web processes to run the phases with, e.g. 1,2 (default)")
     parser.add_argument("--mailbox-depth", type=int, default=10_000,
                         help="pending deliveries per recipient device in the mailbox-size phase (default 10,000)")
-    parser.add_argument("--mailbox-rounds", type=int, default=2,
-                        help="alternated empty/full rounds the M sends are split into (default 2)")
+    parser.add_argument("--mailbox-rounds", type=int, default=4,
+                        help="alternated empty/full rounds the M sends are split into (default 4)")
     parser.add_argument("--purge-rows", type=int, default=20_000,
                         help="expired messages to purge (default 20,000; `make bench-scale` purges 100,000)")
     parser.add_argument("--url", help="a running server on this machine (default: start one)")

@@ -1,5 +1,6 @@
-"""Mailbox benchmark (issue 6): send, drain, notify and purge, with real
-crypto done on the client side before anything is timed.
+"""Mailbox benchmark (issues 6 and 13): send, drain, notify, many senders, a
+10,000-deep mailbox and the purge, with real crypto done on the client side
+before anything is timed.
 
     python -m bench.mailbox                   # own server and database, as `make run` starts it
     DATABASE_URL=postgres://… REDIS_URL=redis://… python -m bench.mailbox
@@ -7,14 +8,21 @@ crypto done on the client side before anything is timed.
     python -m bench.mailbox --url http://127.0.0.1:8000
                                               # a running server on this machine (loopback only)
 
-Phases: M sends by one device to a conversation of K recipient devices (C in
-flight); the K devices drain with sync + ACK at once until nothing is
-pending; DM_NOTIFY latency at a connected recipient, one send at a time; the
-purge service on N expired messages (K deliveries each) against the same
-delete as raw SQL on an identical copy. Query counts are measured in-process
-(Django's test client and CaptureQueriesContext on the bench's database).
-Rate limits are switched off in the bench's own database; `--url` uses the
-server's settings as they are."""
+Phases, for each number of web processes (--web-processes, default 1 and 2):
+M sends by one device to a conversation of K recipient devices (C in flight);
+the K devices drain with sync + ACK at once until nothing is pending; DM_NOTIFY
+latency at a connected recipient, one send at a time; many senders (D devices
+in D/2 direct conversations, 16 in flight). With the first: the same sends and
+drains to recipients with empty mailboxes and to recipients with 10,000 pending
+deliveries each (filled by SQL), alternated. Then in-process on the bench's
+database: query counts (Django's test client and CaptureQueriesContext) and the
+purge service on N expired messages against the same delete as raw SQL.
+
+The bench client and the server share this machine: each timed phase reports
+the CPU of the web processes (and of their PostgreSQL backends), the client's
+own and the whole machine's (/proc/stat), so the table shows when the machine,
+not the server, is the limit. Rate limits are switched off in
+the bench's own database; `--url` uses the server's settings as they are."""
 import argparse
 import asyncio
 import datetime as dt
@@ -26,6 +34,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,9 +42,21 @@ import httpx
 from bench.server import BenchDatabase, BenchServer, cpu_seconds, peak_rss_bytes, pid_listening_on
 from dmclient import protocol
 
-# The peer (a Python Matrix homeserver, same machine, SQLite) and the targets of issue 6.
-PEER = {"sends_per_s": (110, 130), "cpu_ms_per_send": 7, "drain_per_s": (5300, 6600), "notify_ms": 18}
-TARGET = {"sends_per_s": 3 * 130, "drain_per_s": 2 * 6600, "notify_p50_ms": 10}
+# The peer: Synapse 1.163 on SQLite, to-device messages, rate limits off, doing this bench's default job
+# (one sender, a 1 KiB message to 4 recipient devices, 500 times, 4 in flight, then the 4 devices draining
+# with sync + ACK; notify = its long-poll sync waking up). Measured side by side with this bench in one
+# run on this 2-core machine, twice: (first run, second run). Ratios use the better run, the second.
+PEER_RUNS = {"sends_per_s": (338, 390), "cpu_ms_per_send": (2.5, 2.2), "drain_per_s": (16_800, 18_900),
+             "notify_p50_ms": (6.7, 5.8)}
+PEER = {name: runs[1] for name, runs in PEER_RUNS.items()}
+
+
+def targets(engine: str) -> dict:
+    """Issue 13's targets: PostgreSQL (with Redis) has its own for CPU and sends/s."""
+    pg = engine == "postgresql"
+    return {"cpu_ms_per_send": 1.3 if pg else 0.9, "sends_per_s": (2 if pg else 3) * PEER["sends_per_s"],
+            "drain_per_s": 2 * PEER["drain_per_s"], "notify_p50_ms": 5, "rss_mib": 150, "flat_ratio": 0.90}
+
 
 BENCH_SETTINGS = ("from dms.selectors import server_settings_get; from dms.services import server_settings_update; "
                   "s = server_settings_get(); s.send_rate_per_device = 0; s.send_rate_per_user = 0; "
@@ -47,6 +68,7 @@ BENCH_SETTINGS = ("from dms.selectors import server_settings_get; from dms.servi
                   "s.max_request_bytes = max(s.max_request_bytes, {request}); "
                   "server_settings_update(settings_row=s)")
 SYNC_LIMIT = 500  # the protocol's largest page
+NOTIFY_WAIT_S = 2  # a DM_NOTIFY later than this counts as lost (e.g. a layer that does not cross processes)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -123,14 +145,89 @@ def ciphertext_len(size: int) -> int:
     return max(protocol.PAD_BLOCK, -(-size // protocol.PAD_BLOCK) * protocol.PAD_BLOCK) + 16
 
 
+# --- measuring --------------------------------------------------------------------------
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all the machine's CPUs, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def database_backends(name: str) -> list[int]:
+    """The PostgreSQL backends serving database `name` on this machine
+    (`postgres: [cluster:] user database host(port) state`)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            words = (proc / "cmdline").read_bytes().split(b" ") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if words[:1] == [b"postgres:"] and name.encode() in words:
+            found.append(int(proc.name))
+    return found
+
+
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = cpu_seconds(pid)
+        except OSError:  # gone meanwhile
+            pass
+    return out
+
+
+@dataclass
+class Watch:
+    """The processes whose CPU is the server's: the web processes and, on PostgreSQL, the database's backends."""
+    web: list[int]
+    database: str | None = None
+
+    def database_cpu(self) -> dict[int, float]:
+        return cpu_of(database_backends(self.database)) if self.database else {}
+
+
+class Meter:
+    """Wall time and the CPU of the web processes, the database, this bench and the whole machine over a phase."""
+
+    def __init__(self, watch: Watch):
+        self.watch = watch
+        self.wall = time.perf_counter()
+        self.server = cpu_of(watch.web)
+        self.database = watch.database_cpu()
+        self.client = time.process_time()
+        self.machine = machine_jiffies()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.wall
+        now = cpu_of(self.watch.web)
+        server = {pid: now[pid] - before for pid, before in self.server.items() if pid in now}
+        # a backend that started during the phase counts whole; one that ended is lost (persistent connections)
+        database = sum(cpu - self.database.get(pid, 0.0) for pid, cpu in self.watch.database_cpu().items())
+        busy, total = (after - before for after, before in zip(machine_jiffies(), self.machine))
+        cores = os.cpu_count() or 1
+        return {"seconds": wall, "server_cpu_s": sum(server.values()) if server else None,
+                "server_cpu_s_by_pid": server, "database_cpu_s": database if self.watch.database else None,
+                "client_cpu_s": time.process_time() - self.client,
+                "machine_busy_cores": cores * busy / total if total else None, "cores": cores}
+
+
+def per_send(usage: dict, sends: int) -> dict:
+    database = usage["database_cpu_s"]
+    return {"sends": sends, "sends_per_s": sends / usage["seconds"],
+            "server_cpu_ms_per_send": None if usage["server_cpu_s"] is None else usage["server_cpu_s"] * 1000 / sends,
+            "database_cpu_ms_per_send": None if database is None else database * 1000 / sends,
+            "client_cpu_ms_per_send": usage["client_cpu_s"] * 1000 / sends, "usage": usage}
+
+
 # --- the HTTP phases, against a real server ----------------------------------------------
 
-class ServerProcess:
-    def __init__(self, pid: int | None):
-        self.pid = pid
-
-    def cpu(self) -> float | None:
-        return cpu_seconds(self.pid) if self.pid else None
+@dataclass
+class Conversation:
+    sender: BenchDevice
+    recipients: list[BenchDevice]
+    conv: dict = field(default_factory=dict)
 
 
 async def http_login(http: httpx.AsyncClient, device: BenchDevice, origin: str) -> None:
@@ -141,77 +238,85 @@ async def http_login(http: httpx.AsyncClient, device: BenchDevice, origin: str) 
     device.token = response.json()["token"]
 
 
-async def http_phases(args, url: str, server: ServerProcess) -> dict:
-    result: dict = {}
-    origin = protocol.origin(url)
-    limits = httpx.Limits(max_connections=max(args.concurrency, args.recipients) + 2)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        sender, recipients = new_devices(args.recipients)
-        for device in [sender, *recipients]:
-            await http_login(http, device, origin)
-        response = await http.post("/api/v1/dms/conversations", headers=sender.headers,
-                                   json={"participants": [r.user_id for r in recipients]})
-        response.raise_for_status()
-        conv = response.json()
-        recipient_ids = [r.id for r in recipients]
-        started = time.perf_counter()
-        bodies = build_sends(sender, conv, recipient_ids, args.messages + args.notify_samples, args.size)
-        result["client_crypto_s"] = time.perf_counter() - started
-        sends, notify_sends = bodies[:args.messages], bodies[args.messages:]
+async def conversation_setup(http: httpx.AsyncClient, k: int) -> Conversation:
+    """A sender and K recipient devices (each of a user of its own), logged in, in one conversation."""
+    fx = Conversation(*new_devices(k))
+    origin = protocol.origin(str(http.base_url))
+    await asyncio.gather(*(http_login(http, d, origin) for d in [fx.sender, *fx.recipients]))
+    response = await http.post("/api/v1/dms/conversations", headers=fx.sender.headers,
+                               json={"participants": [r.user_id for r in fx.recipients]})
+    response.raise_for_status()
+    fx.conv = response.json()
+    return fx
 
-        # 1. sends, C in flight
-        pending = iter(sends)
-        statuses: dict[int, int] = {}
 
-        async def sender_worker():
-            for _, body in pending:
-                r = await http.post("/api/v1/dms/send", content=body, headers=sender.headers)
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                if r.status_code != 201:
-                    raise RuntimeError(f"send answered {r.status_code}: {r.text[:300]}")
+async def open_connections(http: httpx.AsyncClient, device: BenchDevice, n: int) -> None:
+    """n pooled connections, opened one at a time before a timed phase: a burst of connects would all
+    be accepted by whichever web process wakes first (Twisted accepts many per wake-up)."""
+    for in_flight in range(1, n + 1):  # each round reuses the idle connections and opens one more
+        responses = await asyncio.gather(*(http.post("/api/v1/dms/sync", content=b'{"limit": 1}',
+                                                     headers=device.headers) for _ in range(in_flight)))
+        for r in responses:
+            r.raise_for_status()
 
-        cpu0, own0, t0 = server.cpu(), time.process_time(), time.perf_counter()
-        await asyncio.gather(*(sender_worker() for _ in range(args.concurrency)))
-        wall, cpu1, own1 = time.perf_counter() - t0, server.cpu(), time.process_time()
-        result["send"] = {"seconds": wall, "sends_per_s": args.messages / wall,
-                          "deliveries_per_s": args.messages * args.recipients / wall,
-                          "server_cpu_ms_per_send": None if cpu0 is None else (cpu1 - cpu0) * 1000 / args.messages,
-                          "client_cpu_ms_per_send": (own1 - own0) * 1000 / args.messages}
 
-        # 2. every recipient drains at once: sync a page, ACK it, until nothing is pending
-        counts = {"syncs": 0, "acks": 0}
+async def send_all(http: httpx.AsyncClient, jobs: list[tuple[BenchDevice, bytes]], concurrency: int) -> None:
+    pending = iter(jobs)
 
-        async def drain(device: BenchDevice) -> list[str]:
-            got = []
-            while True:
-                r = await http.post("/api/v1/dms/sync", content=b'{"limit": %d}' % SYNC_LIMIT, headers=device.headers)
-                counts["syncs"] += 1
-                r.raise_for_status()
-                page = json.loads(r.content)
-                ids = [m["message_id"] for m in page["messages"]]
-                got += ids
-                if ids:
-                    r = await http.post("/api/v1/dms/ack", content=json.dumps({"message_ids": ids}).encode(),
-                                        headers=device.headers)
-                    counts["acks"] += 1
-                    r.raise_for_status()
-                if not page["has_more"]:
-                    return got
+    async def worker():
+        for device, body in pending:
+            r = await http.post("/api/v1/dms/send", content=body, headers=device.headers)
+            if r.status_code != 201:
+                raise RuntimeError(f"send answered {r.status_code}: {r.text[:300]}")
 
-        cpu0, t0 = server.cpu(), time.perf_counter()
-        drained = await asyncio.gather(*(drain(d) for d in recipients))
-        wall, cpu1 = time.perf_counter() - t0, server.cpu()
-        expected = {mid for mid, _ in sends}
-        for device, got in zip(recipients, drained):
-            if len(got) != len(expected) or set(got) != expected:
-                raise RuntimeError(f"device {device.id[:8]} drained {len(got)} messages, expected {len(expected)}")
-        total = sum(len(g) for g in drained)
-        result["drain"] = {"seconds": wall, "messages": total, "messages_per_s": total / wall, **counts,
-                           "server_cpu_ms_per_1000": None if cpu0 is None else (cpu1 - cpu0) * 1e6 / total}
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
-        # 3. DM_NOTIFY at a connected recipient, one send at a time
-        result["notify"] = await notify_phase(http, url, sender, recipients[0], notify_sends)
-    return result
+
+async def drain(http: httpx.AsyncClient, device: BenchDevice, counts: dict, limit: int | None = None) -> list[str]:
+    """Sync a page, ACK it, until nothing is pending (or `limit` messages are ACKed)."""
+    got: list[str] = []
+    while limit is None or len(got) < limit:
+        page_size = SYNC_LIMIT if limit is None else min(SYNC_LIMIT, limit - len(got))
+        r = await http.post("/api/v1/dms/sync", content=b'{"limit": %d}' % page_size, headers=device.headers)
+        counts["syncs"] += 1
+        r.raise_for_status()
+        page = json.loads(r.content)
+        ids = [m["message_id"] for m in page["messages"]]
+        got += ids
+        if ids:
+            r = await http.post("/api/v1/dms/ack", content=json.dumps({"message_ids": ids}).encode(),
+                                headers=device.headers)
+            counts["acks"] += 1
+            r.raise_for_status()
+        if not page["has_more"]:
+            break
+    return got
+
+
+async def send_phase(http: httpx.AsyncClient, fx: Conversation, bodies: list[tuple[str, bytes]], concurrency: int,
+                     watch: Watch) -> dict:
+    await open_connections(http, fx.sender, concurrency)
+    meter = Meter(watch)
+    await send_all(http, [(fx.sender, body) for _, body in bodies], concurrency)
+    return per_send(meter.stop(), len(bodies))
+
+
+async def drain_phase(http: httpx.AsyncClient, fx: Conversation, watch: Watch, expected: set[str] | None = None,
+                      limit: int | None = None) -> dict:
+    """Every recipient drains at once: all its mail, or its first `limit` messages."""
+    counts = {"syncs": 0, "acks": 0}
+    meter = Meter(watch)
+    drained = await asyncio.gather(*(drain(http, d, counts, limit) for d in fx.recipients))
+    usage = meter.stop()
+    for device, got in zip(fx.recipients, drained):
+        wanted = len(expected) if expected is not None else limit
+        if len(set(got)) != len(got) or len(got) != wanted or (expected is not None and set(got) != expected):
+            raise RuntimeError(f"device {device.id[:8]} drained {len(got)} messages, expected {wanted}")
+    total = sum(len(g) for g in drained)
+    server, database = usage["server_cpu_s"], usage["database_cpu_s"]
+    return {"messages": total, "messages_per_s": total / usage["seconds"], **counts,
+            "server_cpu_ms_per_1000": None if server is None else server * 1e6 / total,
+            "database_cpu_ms_per_1000": None if database is None else database * 1e6 / total, "usage": usage}
 
 
 async def notify_phase(http: httpx.AsyncClient, url: str, sender: BenchDevice, recipient: BenchDevice,
@@ -254,7 +359,10 @@ async def notify_phase(http: httpx.AsyncClient, url: str, sender: BenchDevice, r
             t1 = time.perf_counter()
             if r.status_code != 201:
                 raise RuntimeError(f"send answered {r.status_code}: {r.text[:300]}")
-            await asyncio.wait_for(waiting[mid].wait(), 10)
+            try:
+                await asyncio.wait_for(waiting[mid].wait(), NOTIFY_WAIT_S)
+            except TimeoutError:
+                return {"error": f"no DM_NOTIFY within {NOTIFY_WAIT_S} s after {len(from_send)} samples"}
             from_send.append((arrived[mid] - t0) * 1000)
             from_response.append((arrived[mid] - t1) * 1000)
     finally:
@@ -266,7 +374,88 @@ async def notify_phase(http: httpx.AsyncClient, url: str, sender: BenchDevice, r
             "from_response_p99_ms": percentile(from_response, 99)}
 
 
-# --- in-process: query counts and the purge, on the bench's own database --------------------
+async def many_senders_phase(http: httpx.AsyncClient, args, watch: Watch) -> dict:
+    """D devices in D/2 direct conversations, all sending to their peer at once."""
+    pairs = await asyncio.gather(*(conversation_setup(http, 1) for _ in range(args.senders // 2)))
+    per_device = -(-args.messages // (2 * len(pairs)))
+    streams = []
+    for fx in pairs:
+        streams.append([(fx.sender, b) for _, b in build_sends(fx.sender, fx.conv, [fx.recipients[0].id],
+                                                                per_device, args.size)])
+        streams.append([(fx.recipients[0], b) for _, b in build_sends(fx.recipients[0], fx.conv, [fx.sender.id],
+                                                                       per_device, args.size)])
+    jobs = [job for round_ in zip(*streams) for job in round_]  # round-robin: every device keeps sending
+    await open_connections(http, pairs[0].sender, args.many_concurrency)
+    meter = Meter(watch)
+    await send_all(http, jobs, args.many_concurrency)
+    return {"devices": 2 * len(pairs), "conversations": len(pairs), "concurrency": args.many_concurrency,
+            **per_send(meter.stop(), len(jobs))}
+
+
+async def one_sender_phases(http: httpx.AsyncClient, args, url: str, watch: Watch) -> dict:
+    fx = await conversation_setup(http, args.recipients)
+    started = time.perf_counter()
+    bodies = build_sends(fx.sender, fx.conv, [r.id for r in fx.recipients], args.messages + args.notify_samples,
+                         args.size)
+    crypto_s = time.perf_counter() - started
+    sends, notify_sends = bodies[:args.messages], bodies[args.messages:]
+    result = {"client_crypto_s": crypto_s,
+              "send": await send_phase(http, fx, sends, args.concurrency, watch),
+              "drain": await drain_phase(http, fx, watch, expected={mid for mid, _ in sends})}
+    result["notify"] = await notify_phase(http, url, fx.sender, fx.recipients[0], notify_sends)
+    return result
+
+
+async def mailbox_depth_phase(http: httpx.AsyncClient, args, watch: Watch) -> dict:
+    """The same sends and drains to recipients with empty mailboxes and to recipients with
+    --mailbox-depth pending deliveries each, alternated so that both see the same machine."""
+    empty, full = await asyncio.gather(*(conversation_setup(http, args.recipients) for _ in range(2)))
+    started = time.perf_counter()
+    await asyncio.to_thread(mailbox_fill_in_thread, args.mailbox_depth, full, args.size)
+    fill_s = time.perf_counter() - started
+    runs: dict[str, list] = {"empty": [], "full": []}
+    per_round = max(1, args.messages // args.mailbox_rounds)  # M sends in all to each kind of mailbox
+    for _ in range(args.mailbox_rounds):
+        for name, fx in (("empty", empty), ("full", full)):
+            bodies = build_sends(fx.sender, fx.conv, [r.id for r in fx.recipients], per_round, args.size)
+            send = await send_phase(http, fx, bodies, args.concurrency, watch)
+            drained = await drain_phase(http, fx, watch, limit=per_round)
+            runs[name].append((send, drained))
+    out = {"depth": args.mailbox_depth, "rounds": args.mailbox_rounds, "fill_s": fill_s}
+    for name, pairs in runs.items():
+        send_s = sum(s["usage"]["seconds"] for s, _ in pairs)
+        drain_s = sum(d["usage"]["seconds"] for _, d in pairs)
+        sends = sum(s["sends"] for s, _ in pairs)
+
+        def ms_per_send(key: str) -> float | None:
+            cpu = [s["usage"][key] for s, _ in pairs]
+            return None if None in cpu else sum(cpu) * 1000 / sends
+
+        out[name] = {"sends_per_s": sends / send_s, "server_cpu_ms_per_send": ms_per_send("server_cpu_s"),
+                     "database_cpu_ms_per_send": ms_per_send("database_cpu_s"),
+                     "drain_per_s": sum(d["messages"] for _, d in pairs) / drain_s}
+    out["ratio"] = {key: out["full"][key] / out["empty"][key] if out["empty"][key] else None
+                    for key in ("sends_per_s", "drain_per_s")}
+    return out
+
+
+def server_phases(args, url: str, watch: Watch, *, with_depth: bool) -> dict:
+    async def run() -> dict:
+        limits = httpx.Limits(max_connections=max(args.concurrency, args.many_concurrency, args.recipients) + 2)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+            result = await one_sender_phases(http, args, url, watch)
+            result["many"] = await many_senders_phase(http, args, watch)
+            if with_depth:
+                result["depth"] = await mailbox_depth_phase(http, args, watch)
+        return result
+
+    result = asyncio.run(run())
+    workers = watch.web[1:] or watch.web  # the serve parent only supervises
+    result["peak_rss_mib"] = max(peak_rss_bytes(pid) for pid in workers) / 2**20 if workers else None
+    return result
+
+
+# --- in-process: the fills, query counts and the purge, on the bench's own database -------------
 
 def django_setup(database: BenchDatabase) -> None:
     os.environ.update({k: database.env[k] for k in ("DATABASE_URL", "VAR_DIR", "DEBUG", "REDIS_PREFIX")})
@@ -328,6 +517,71 @@ def query_counts(args) -> dict:
     ack_queries, _ = api.counted("/api/v1/dms/ack", {"message_ids": ids}, recipients[0])
     return {"send": send_queries, "sync": sync_queries, "ack": ack_queries, "sync_messages": len(ids),
             "ack_ids": len(ids), "_fixture": {"conv": conv, "sender": sender, "recipients": recipients}}
+
+
+def mailbox_fill(n: int, fx: Conversation, size: int) -> None:
+    """n pending messages from fx's sender to every one of its recipient devices, written as a send
+    writes them (pending_dms, a delivery per device, the used id, a `pending` delivery state per
+    delivery), in set-based inserts. A table a send also writes gets its fill here."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from devices.models import Device
+    from dms.models import Conversation as ConversationRow
+    from dms.models import PendingDm
+    from dms.selectors import server_settings_get
+    from dms.services import message_expiry
+
+    row = ConversationRow.objects.get(pk=uuid.UUID(fx.conv["conversation_id"]))
+    conv_id = PendingDm._meta.get_field("conversation").get_db_prep_value(row.pk, connection)
+    sender_pk = Device.objects.get(device_id=fx.sender.id).pk
+    device_pks = list(Device.objects.filter(device_id__in=[r.id for r in fx.recipients]).values_list("pk", flat=True))
+    created_at = timezone.now() - dt.timedelta(minutes=1)  # before the sends that follow; marks this fill's rows
+    expires_at = message_expiry(policy=row.retention_policy, ttl_days=row.retention_ttl_days, created_at=created_at,
+                                conf=server_settings_get())
+    ts = connection.ops.adapt_datetimefield_value
+    created, expires = ts(created_at), None if expires_at is None else ts(expires_at)
+    blob = os.urandom(ciphertext_len(size))
+    fixed = ["1", "'" + "k" * 44 + "'", "'" + "p" * 44 + "'", "'" + "n" * 16 + "'"]
+    rest = ["'" + "h" * 44 + "'", "'" + "s" * 88 + "'", "%s", "%s"]
+    if connection.vendor == "postgresql":
+        prefix, source, new_id = "", "generate_series(1, %s)", "gen_random_uuid()"
+    else:
+        prefix = "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < %s) "
+        source, new_id = "seq", "lower(hex(randomblob(16)))"
+    columns = ("message_id, conversation_id, sender_device_id, epoch, key_id, participants_sha256, nonce, "
+               "ciphertext, ciphertext_sha256, signature, policy, ttl_days, created_at, expires_at")
+    select = ", ".join([new_id, "%s", "%s", *fixed, "%s", *rest, "%s", "%s"])
+    values = [conv_id, sender_pk, blob, row.retention_policy, row.retention_ttl_days, created, expires]
+    mine = "m.conversation_id = %s AND m.created_at = %s"
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"{prefix}INSERT INTO pending_dms ({columns}) SELECT {select} FROM {source}",
+                       [*values, n] if connection.vendor == "postgresql" else [n, *values])
+        cursor.execute(
+            "INSERT INTO dm_deliveries (message_id, device_id, wrap_nonce, wrapped_key, created_at, acked_at) "
+            f"SELECT m.message_id, d.id, '{'w' * 16}', '{'x' * 64}', %s, NULL FROM pending_dms m CROSS JOIN devices d "
+            f"WHERE {mine} AND d.id IN ({', '.join(['%s'] * len(device_pks))}) ORDER BY m.message_id, d.id",
+            [created, conv_id, created, *device_pks])
+        cursor.execute(
+            "INSERT INTO dm_used_message_ids (message_id, sender_device_id, conversation_id, ciphertext_sha256, "
+            "response, created_at, message_gone_at) SELECT m.message_id, m.sender_device_id, m.conversation_id, "
+            f"m.ciphertext_sha256, '{{}}', %s, NULL FROM pending_dms m WHERE {mine}", [created, conv_id, created])
+        cursor.execute(
+            "INSERT INTO dm_delivery_states (message_id, device_id, state, reason, at) SELECT d.message_id, "
+            "d.device_id, 'pending', NULL, NULL FROM dm_deliveries d JOIN pending_dms m ON m.message_id = d.message_id "
+            f"WHERE {mine}", [conv_id, created])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+
+def mailbox_fill_in_thread(n: int, fx: Conversation, size: int) -> None:
+    """The fill from a thread beside the bench's event loop (Django is sync-only there)."""
+    from django.db import connections
+
+    try:
+        mailbox_fill(n, fx, size)
+    finally:
+        connections.close_all()  # this thread's own connection
 
 
 def _purge_fill(n: int, fixture: dict, size: int, now: dt.datetime) -> None:
@@ -421,64 +675,164 @@ def purge(args, fixture: dict) -> dict:
 
 # --- report --------------------------------------------------------------------------------
 
-def table(r: dict) -> str:
-    def num(v, fmt="{:,.0f}"):
-        return "n/a" if v is None else fmt.format(v)
+def figure(metric: str, value, fmt: str = "{:,.0f}", *, target: tuple[str, float] | None = None,
+           peer: float | None = None, note: str = "", text: str | None = None) -> dict:
+    """One row of the table (and of --json): the value, its target and whether it is met, value / peer."""
+    met = None
+    if target and value is not None:
+        op, bound = target
+        met = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+    return {"metric": metric, "value": value, "text": text or ("n/a" if value is None else fmt.format(value)),
+            "target": f"{target[0]} {target[1]:,}" if target else "", "met": met,
+            "x_peer": value / peer if peer and value is not None else None, "note": note}
 
-    send, drain, notify, q, p = r["send"], r["drain"], r["notify"], r["queries"], r.get("purge", {})
+
+def machine_note(usage: dict) -> str:
+    """Where the machine's busy cores went: web processes (and their split), database, bench client, others."""
+    server = usage["server_cpu_s"]
+    if usage["machine_busy_cores"] is None or server is None:
+        return ""
+    seconds = usage["seconds"]
+    web, client, database = server / seconds, usage["client_cpu_s"] / seconds, (usage["database_cpu_s"] or 0) / seconds
+    workers = list(usage["server_cpu_s_by_pid"].values())[1:]
+    split = f" (workers {'/'.join(f'{100 * w / server:.0f}' for w in workers)}%)" if server and len(workers) > 1 else ""
+    busy = usage["machine_busy_cores"]
+    return (f"web {web:.2f}{split}{f', database {database:.2f}' if usage['database_cpu_s'] is not None else ''}, "
+            f"bench client {client:.2f}, others {max(0.0, busy - web - database - client):.2f}"
+            f"{'; the machine is the limit' if busy >= 0.95 * usage['cores'] else ''}")
+
+
+def database_rows(metric: str, value: float | None, fmt: str = "{:.2f}") -> list[dict]:
+    """PostgreSQL's own CPU, outside the web processes' (none on SQLite: it runs inside them)."""
+    return [] if value is None else [figure(metric, value, fmt, note="the PostgreSQL backends of the web processes")]
+
+
+def run_rows(label: str, r: dict, t: dict) -> list[dict]:
+    send, drain, notify, many = r["send"], r["drain"], r["notify"], r["many"]
+    cores = send["usage"]["cores"]
     rows = [
-        ("sends/s", num(send["sends_per_s"]), f">= {TARGET['sends_per_s']} (3 x peer's 110-130)"),
-        ("per-device deliveries/s", num(send["deliveries_per_s"]), ""),
-        ("server CPU ms per send", num(send["server_cpu_ms_per_send"], "{:.2f}"),
-         f"peer ~7; the bench's client {send['client_cpu_ms_per_send']:.2f}"),
-        ("drained messages/s (sync + ACK)", num(drain["messages_per_s"]),
-         f">= {TARGET['drain_per_s']:,} (2 x peer's 5,300-6,600)"),
-        ("server CPU ms per 1,000 drained", num(drain["server_cpu_ms_per_1000"], "{:.1f}"), ""),
+        figure(f"sends/s, one sender [{label}]", send["sends_per_s"], target=(">=", t["sends_per_s"]),
+               peer=PEER["sends_per_s"]),
+        figure("  server CPU ms per send", send["server_cpu_ms_per_send"], "{:.2f}",
+               target=("<=", t["cpu_ms_per_send"]), peer=PEER["cpu_ms_per_send"]),
+        *database_rows("  database CPU ms per send", send["database_cpu_ms_per_send"]),
+        figure("  bench client CPU ms per send", send["client_cpu_ms_per_send"], "{:.2f}"),
+        figure(f"  machine busy (cores of {cores})", send["usage"]["machine_busy_cores"], "{:.2f}",
+               note=machine_note(send["usage"])),
+        figure(f"drained messages/s [{label}]", drain["messages_per_s"], target=(">=", t["drain_per_s"]),
+               peer=PEER["drain_per_s"], note=f"{drain['syncs']} syncs, {drain['acks']} ACKs"),
+        figure("  server CPU ms per 1,000 drained", drain["server_cpu_ms_per_1000"], "{:.1f}"),
+        *database_rows("  database CPU ms per 1,000 drained", drain["database_cpu_ms_per_1000"], "{:.1f}"),
+        figure(f"  machine busy (cores of {cores})", drain["usage"]["machine_busy_cores"], "{:.2f}",
+               note=machine_note(drain["usage"])),
     ]
     if "error" in notify:
-        rows.append(("notify p50 / p99 ms", "n/a", notify["error"]))
+        rows.append(figure(f"notify p50 ms [{label}]", None, note=notify["error"]))
     else:
         rows += [
-            ("notify p50 / p99 ms (from send)",
-             f"{notify['from_send_p50_ms']:.2f} / {notify['from_send_p99_ms']:.2f}",
-             f"p50 < {TARGET['notify_p50_ms']} (peer ~18)"),
-            ("notify p50 / p99 ms (after 201)",
-             f"{notify['from_response_p50_ms']:.2f} / {notify['from_response_p99_ms']:.2f}",
-             "negative: the frame came first"),
-        ]
-    if p:
-        rows += [
-            (f"purge rows/s service ({p['rows']:,} x {p['deliveries_per_row']})", num(p["service_rows_per_s"]),
-             f"{p['service_s']:.2f} s"),
-            ("purge rows/s raw SQL", num(p["raw_rows_per_s"]), f"{p['raw_s']:.2f} s"),
-            ("purge service / raw SQL speed", f"{p['ratio']:.2f}", "1.00 = the database's own limit"),
+            figure(f"notify p50 / p99 ms from send [{label}]", notify["from_send_p50_ms"],
+                   text=f"{notify['from_send_p50_ms']:.2f} / {notify['from_send_p99_ms']:.2f}",
+                   target=("<", t["notify_p50_ms"]), peer=PEER["notify_p50_ms"]),
+            figure("  p50 / p99 ms after the 201", notify["from_response_p50_ms"],
+                   text=f"{notify['from_response_p50_ms']:.2f} / {notify['from_response_p99_ms']:.2f}",
+                   note="negative: the frame came first"),
         ]
     rows += [
-        ("queries per send / sync / ack", f"{q['send']} / {q['sync']} / {q['ack']}",
-         f"{r['recipients']} recipients; {q['sync_messages']} messages; {q['ack_ids']} ids"),
-        ("peak server memory (VmHWM)", "n/a" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f} MiB", ""),
+        figure(f"sends/s, {many['devices']} senders in {many['conversations']} conversations [{label}]",
+               many["sends_per_s"], note=f"C={many['concurrency']}, 1 recipient device each"),
+        figure("  server CPU ms per send", many["server_cpu_ms_per_send"], "{:.2f}"),
+        *database_rows("  database CPU ms per send", many["database_cpu_ms_per_send"]),
+        figure(f"  machine busy (cores of {cores})", many["usage"]["machine_busy_cores"], "{:.2f}",
+               note=machine_note(many["usage"])),
+        figure(f"peak RSS per web process [{label}]", r["peak_rss_mib"], "{:.0f} MiB", target=("<=", t["rss_mib"])),
     ]
-    width = max(len(name) for name, _, _ in rows)
-    lines = [f"{'metric':<{width}}  {'value':>15}  note", "-" * (width + 40)]
-    lines += [f"{name:<{width}}  {value:>15}  {note}".rstrip() for name, value, note in rows]
+    return rows
+
+
+def depth_rows(d: dict, t: dict) -> list[dict]:
+    depth, empty, full = d["depth"], d["empty"], d["full"]
+    def cpu(key: str) -> str:
+        return " / ".join("n/a" if x[key] is None else f"{x[key]:.2f}" for x in (empty, full))
+
+    database = "" if empty["database_cpu_ms_per_send"] is None else f", database {cpu('database_cpu_ms_per_send')}"
+    return [
+        figure("sends/s, recipients' mailboxes empty", empty["sends_per_s"],
+               note=f"{d['rounds']} rounds alternated; CPU ms per send empty / full: web "
+                    f"{cpu('server_cpu_ms_per_send')}{database}"),
+        figure(f"sends/s, {depth:,} pending per recipient device", full["sends_per_s"]),
+        figure("  full / empty", d["ratio"]["sends_per_s"], "{:.2f}", target=(">=", t["flat_ratio"])),
+        figure("drained messages/s, mailboxes empty", empty["drain_per_s"]),
+        figure(f"drained messages/s, {depth:,} deeper", full["drain_per_s"],
+               note="sync + ACK of the same number, at the head of the mailbox"),
+        figure("  full / empty", d["ratio"]["drain_per_s"], "{:.2f}", target=(">=", t["flat_ratio"])),
+    ]
+
+
+def table_rows(r: dict) -> list[dict]:
+    t = r["targets"]
+    rows = [row for label, run in r["runs"].items() for row in run_rows(label, run, t)]
+    for run in r["runs"].values():
+        if "depth" in run:
+            rows += depth_rows(run["depth"], t)
+    p, q = r["purge"], r["queries"]
+    if p:
+        rows += [
+            figure(f"purge rows/s service ({p['rows']:,} x {p['deliveries_per_row']})", p["service_rows_per_s"],
+                   note=f"{p['service_s']:.2f} s"),
+            figure("purge rows/s raw SQL", p["raw_rows_per_s"], note=f"{p['raw_s']:.2f} s"),
+            figure("purge service / raw SQL speed", p["ratio"], "{:.2f}", note="1.00 = the database's own limit"),
+        ]
+    rows.append(figure("queries per send / sync / ack", q["send"], text=f"{q['send']} / {q['sync']} / {q['ack']}",
+                       note=f"{r['recipients']} recipients; {q['sync_messages']} messages; {q['ack_ids']} ids"))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    width = max(len(row["metric"]) for row in rows)
+    head = f"{'metric':<{width}}  {'value':>15}  {'target':>9}  met  x peer  note"
+    lines = [head, "-" * (len(head) + 30)]
+    for row in rows:
+        met = "" if row["met"] is None else "yes" if row["met"] else "NO"
+        x_peer = "" if row["x_peer"] is None else f"{row['x_peer']:.2f}"
+        lines.append(f"{row['metric']:<{width}}  {row['text']:>15}  {row['target']:>9}  {met:<3}  {x_peer:>6}  "
+                     f"{row['note']}".rstrip())
     return "\n".join(lines)
+
+
+def web_processes(value: str) -> list[int]:
+    counts = [int(v) for v in value.split(",")]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("positive numbers, comma-separated")
+    return counts
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", "-M", type=int, default=500, help="sends (default 500)")
+    parser.add_argument("--messages", "-M", type=int, default=500, help="sends per phase (default 500)")
     parser.add_argument("--recipients", "-K", type=int, default=4, help="recipient devices (default 4)")
     parser.add_argument("--size", type=int, default=1024,
                         help="plaintext bytes, padded to 256 (default 1024; the ciphertext adds the 16-byte tag)")
     parser.add_argument("--concurrency", "-C", type=int, default=4, help="sends in flight (default 4)")
     parser.add_argument("--notify-samples", type=int, default=200, help="sends timed for DM_NOTIFY (default 200)")
-    parser.add_argument("--purge-rows", type=int, default=100_000, help="expired messages to purge (default 100,000)")
+    parser.add_argument("--senders", type=int, default=50, help="devices of the many-senders phase (default 50)")
+    parser.add_argument("--many-concurrency", type=int, default=16,
+                        help="sends in flight in the many-senders phase (default 16)")
+    parser.add_argument("--web-processes", type=web_processes, default=[1, 2],
+                        help="web processes to run the phases with, e.g. 1,2 (default)")
+    parser.add_argument("--mailbox-depth", type=int, default=10_000,
+                        help="pending deliveries per recipient device in the mailbox-size phase (default 10,000)")
+    parser.add_argument("--mailbox-rounds", type=int, default=4,
+                        help="alternated empty/full rounds the M sends are split into (default 4)")
+    parser.add_argument("--purge-rows", type=int, default=20_000,
+                        help="expired messages to purge (default 20,000; `make bench-scale` purges 100,000)")
     parser.add_argument("--url", help="a running server on this machine (default: start one)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--timeout", type=int, default=900, help="stop everything after this many seconds")
     args = parser.parse_args()
-    if min(args.messages, args.recipients, args.concurrency, args.size) < 1:
-        parser.error("--messages, --recipients, --concurrency and --size must be positive")
+    if min(args.messages, args.recipients, args.concurrency, args.size, args.many_concurrency,
+           args.mailbox_rounds) < 1 or args.senders < 2:
+        parser.error("--messages, --recipients, --concurrency, --size, --many-concurrency and --mailbox-rounds "
+                     "must be positive, --senders at least 2")
     if args.url and urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url must be on loopback")
 
@@ -490,48 +844,53 @@ def main() -> int:
     signal.alarm(args.timeout)
     bench_started = time.perf_counter()
     database = BenchDatabase()
-    server = None
     try:
         database.manage("shell", "-c", BENCH_SETTINGS.format(
             k=args.recipients, size=ciphertext_len(args.size), request=2 * ciphertext_len(args.size) + 200 * args.recipients))
+        layer = "redis" if os.environ.get("REDIS_URL") else "in-memory"
+        if args.url:
+            where = f"server at {args.url}, its own settings and database (no mailbox-size phase)"
+        else:
+            where = (f"`python -m decentcom.serve` with {' and then '.join(map(str, args.web_processes))} web "
+                     f"processes (no Celery worker/beat) on a fresh {database.engine} database; rate limits off and "
+                     "pending quota raised in that database")
+        print(f"decentcom mailbox bench: {where}\n  channel layer {layer}, DEBUG={database.env['DEBUG']}; "
+              f"M={args.messages} sends x K={args.recipients} recipient devices, ciphertext "
+              f"{ciphertext_len(args.size)} B, {args.concurrency} in flight\n  mailbox fill, query counts and the "
+              "purge: in-process, on the bench's own database", flush=True)
+        django_setup(database)
+        result = {"engine": database.engine if not args.url else "server at " + args.url, "channel_layer": layer,
+                  "messages": args.messages, "recipients": args.recipients,
+                  "ciphertext_bytes": ciphertext_len(args.size), "concurrency": args.concurrency,
+                  "peer": PEER, "peer_runs": PEER_RUNS, "targets": targets(database.engine), "runs": {}}
         if args.url:
             url = args.url.rstrip("/")
             pid = pid_listening_on(urlsplit(url).port or 80)
-            where = f"server at {url} (pid {pid or 'unknown'}), its own settings"
-        else:
-            server = BenchServer(database)
-            url, pid = server.url, server.pid
-            where = (f"daphne as `make run` starts it (no Celery worker/beat), pid {pid}, on a fresh "
-                     f"{database.engine} database; rate limits off and pending quota raised in that database")
-        layer = "redis" if os.environ.get("REDIS_URL") else "in-memory"
-        print(f"decentcom mailbox bench: {where}\n  channel layer {layer}, DEBUG={database.env['DEBUG']}; "
-              f"M={args.messages} sends x K={args.recipients} recipient devices, ciphertext "
-              f"{ciphertext_len(args.size)} B, {args.concurrency} in flight\n  query counts and the purge: "
-              "in-process, on the bench's own database", flush=True)
-        result = {"engine": database.engine if not args.url else "server at " + url, "channel_layer": layer,
-                  "messages": args.messages, "recipients": args.recipients,
-                  "ciphertext_bytes": ciphertext_len(args.size), "concurrency": args.concurrency}
-        result.update(asyncio.run(http_phases(args, url, ServerProcess(pid))))
-        result["peak_rss_mib"] = peak_rss_bytes(pid) / 2**20 if pid else None
-        if server is not None:
-            server.stop()  # the purge runs alone
-        django_setup(database)
+            result["runs"]["server"] = server_phases(args, url, Watch([pid] if pid else []), with_depth=False)
+        for i, processes in enumerate([] if args.url else args.web_processes):
+            server = BenchServer(database, processes=processes)
+            try:
+                label = f"{processes} web process{'es' if processes > 1 else ''}"
+                result["runs"][label] = server_phases(args, server.url, Watch(server.pids, database.pg_name),
+                                                           with_depth=i == 0)
+            finally:
+                server.stop()  # the next phases run alone
         queries = query_counts(args)
         fixture = queries.pop("_fixture")
         result["queries"] = queries
         result["purge"] = purge(args, fixture)
         result["bench_seconds"] = time.perf_counter() - bench_started
-        print(table(result))
-        print(f"(bench ran {result['bench_seconds']:.0f} s; client-side crypto {result['client_crypto_s']:.1f} s, "
-              "before the timed phases)")
+        result["table"] = table_rows(result)
+        print(format_table(result["table"]))
+        print(f"(bench ran {result['bench_seconds']:.0f} s; client-side crypto is done before each timed phase. "
+              f"x peer = value / the peer's better run: {PEER['sends_per_s']} sends/s, {PEER['cpu_ms_per_send']} ms "
+              f"CPU per send, {PEER['drain_per_s']:,} drained/s, notify p50 {PEER['notify_p50_ms']} ms)")
         if args.json:
             with open(args.json, "w") as out:
                 json.dump(result, out, indent=2)
         return 0
     finally:
         signal.alarm(0)
-        if server is not None:
-            server.stop()
         database.close()
 
 

@@ -1,6 +1,6 @@
 """The benchmark's own server: a fresh database (a temporary SQLite file, or a
 new PostgreSQL database on the cluster DATABASE_URL names), a Redis key prefix
-of its own when REDIS_URL is set, and daphne started as `make run` starts it.
+of its own when REDIS_URL is set, and the web tier started as `make run` starts it.
 Everything is removed again by `close()`; nothing touches a developer's data."""
 import os
 import re
@@ -83,28 +83,36 @@ class BenchDatabase:
 
 
 class BenchServer:
-    """daphne serving decentcom.asgi:application, as `make run`'s web process."""
+    """The web tier as `make run` starts it: `python -m decentcom.serve` with
+    WEB_CONCURRENCY=processes daphne workers. `.pid` is the parent, `.pids` the
+    parent and every worker (for CPU sums and per-process memory)."""
 
-    def __init__(self, database: BenchDatabase):
+    def __init__(self, database: BenchDatabase, processes: int = 1):
         self.port = database.port
-        self.log_path = Path(database.tmp.name) / "daphne.log"
+        self.log_path = Path(database.tmp.name) / "serve.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                 "decentcom.asgi:application"],
-                cwd=BASE_DIR, env=database.env, stdout=log, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "decentcom.serve", "-b", "127.0.0.1", "-p", str(self.port)],
+                cwd=BASE_DIR, env={**database.env, "WEB_CONCURRENCY": str(processes)},
+                stdout=log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"decentcom.serve exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                if len(self.pids) == processes + 1 and httpx.get(self.url + "/", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         self.stop()
-        raise RuntimeError("daphne did not start in 30 s")
+        raise RuntimeError("decentcom.serve did not start in 30 s")
+
+    @property
+    def pids(self) -> list[int]:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [self.pid, *map(int, children)]
 
     @property
     def url(self) -> str:

@@ -1,5 +1,5 @@
 """One settings module: everything from the environment, with embedded
-defaults that run on a laptop (SQLite file, in-memory channel layer, a
+defaults that run on a laptop (SQLite file, a channel layer over Unix sockets, a
 filesystem Celery broker). Every variable is documented in the README.
 A development checkout's `.env` fills in what the environment does not set
 (decentcom.envfile)."""
@@ -168,7 +168,9 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Groups cross the processes of this machine (web workers, Celery) through Unix sockets.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "decentcom.layers.ProcessChannelLayer",
+                                  "CONFIG": {"folder": str(VAR_DIR / "channels")}}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTH_PASSWORD_VALIDATORS = [

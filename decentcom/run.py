@@ -1,5 +1,6 @@
-"""`make run`: the whole system on one machine — daphne (HTTP API, admin,
-gateway), a Celery worker and Celery beat — until Ctrl-C."""
+"""`make run`: the whole system on one machine — the web tier (HTTP API, admin,
+gateway: WEB_CONCURRENCY daphne processes, decentcom.serve), a Celery worker
+and Celery beat — until Ctrl-C."""
 import os
 import shutil
 import signal
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from decentcom.serve import web_concurrency
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LISTEN_TIMEOUT_S = 60
@@ -27,7 +30,7 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def wait_listening(host: str, port: int, web: subprocess.Popen) -> bool:
-    """Until daphne accepts connections (True), or exits or takes too long (False)."""
+    """Until the web tier accepts connections (True), or exits or takes too long (False)."""
     deadline = time.monotonic() + LISTEN_TIMEOUT_S
     while time.monotonic() < deadline and web.poll() is None:
         try:
@@ -58,8 +61,10 @@ def main() -> int:
     metrics_dir.mkdir(mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     python = sys.executable
+    web_processes = web_concurrency()
+    os.environ["WEB_CONCURRENCY"] = str(web_processes)
     commands = {
-        "web": [python, "-m", "daphne", "-b", host, "-p", str(port), "decentcom.asgi:application"],
+        "web": [python, "-m", "decentcom.serve", "-b", host, "-p", str(port)],
         "worker": [python, "-m", "celery", "-A", "decentcom", "worker", "--loglevel=INFO",
                    "--concurrency=1", "--without-gossip", "--without-mingle"],
         "beat": [python, "-m", "celery", "-A", "decentcom", "beat", "--loglevel=INFO",
@@ -80,7 +85,7 @@ def main() -> int:
     if wait_listening(host, port, procs["web"]):  # "is running" only once it is
         print(f"""
 decentcom DM mailbox is running (database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]},
-channel layer: {'redis' if settings.REDIS_URL else 'in-memory'})
+channel layer: {'redis' if settings.REDIS_URL else 'embedded (Unix sockets)'}, web processes: {web_processes})
   Web client {web}
   API        {base}/api/v1/
   API docs   {base}/api/v1/docs/   (OpenAPI schema: {base}/api/v1/schema/)

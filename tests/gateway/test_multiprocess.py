@@ -4,6 +4,8 @@ embedded channel layer (decentcom.layers) or Redis when REDIS_URL is set."""
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -12,7 +14,7 @@ from django.conf import settings
 
 from tests.factories import build_send, create_conversation, directory, make_person, send
 from tests.gateway.wsutil import Listener
-from tests.live import pid_holding_connection
+from tests.live import BASE_DIR, free_port, pid_holding_connection
 
 pytestmark = pytest.mark.live
 
@@ -153,3 +155,37 @@ def test_serve_exits_non_zero_and_stops_the_others_when_a_worker_dies(daphne_fac
     assert not os.path.exists(f"/proc/{second}")
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/", timeout=2)
+
+
+def test_make_run_web_workers_get_the_purge_events_of_celery(live_database):
+    """`make run` starts decentcom.serve; the purge runs in the Celery worker, a
+    process of its own, and its DM_STATUS reaches the sender's gateway connection."""
+    port = free_port()
+    env = {**live_database.env, "PORT": str(port), "WEB_CONCURRENCY": "2", "DMS_PURGE_INTERVAL_SECONDS": "1"}
+    log_path = os.path.join(live_database.tmp.name, "run.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "decentcom.run"], cwd=BASE_DIR, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "is running" not in open(log_path).read() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert "web processes: 2)" in open(log_path).read()
+        server = type("Run", (), {"url": f"http://127.0.0.1:{port}", "ws_url": f"ws://127.0.0.1:{port}/api/v1/gateway"})
+        alice, bob = (make_person(1, base_url=server.url) for _ in range(2))
+        conversation = create_conversation(alice.device, [bob.id])
+
+        async def scenario():
+            alice_listener = await Listener.open(server, alice.device.client.token)
+            body = build_send(alice.device, conversation)
+            response = await asyncio.to_thread(send, alice.device, body)
+            assert response.status_code == 201, response.text
+            live_database.sql("UPDATE pending_dms SET expires_at = %s", ("2000-01-01 00:00:00",))
+            _, status = await alice_listener.wait_for("DM_STATUS", timeout=30)
+            assert status["d"]["message_id"] == body["message_id"]
+            await alice_listener.close()
+
+        asyncio.run(scenario())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

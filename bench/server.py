@@ -1,6 +1,7 @@
 """The benchmark's own server: a fresh database (a temporary SQLite file, or a
 new PostgreSQL database on the cluster DATABASE_URL names), a Redis key prefix
-of its own when REDIS_URL is set, and daphne started as `make run` starts it.
+of its own when REDIS_URL is set, and the web tier started as `make run` starts it
+(python -m decentcom.serve with WEB_CONCURRENCY daphne workers).
 Everything is removed again by `close()`; nothing touches a developer's data."""
 import os
 import re
@@ -83,28 +84,23 @@ class BenchDatabase:
 
 
 class BenchServer:
-    """daphne serving decentcom.asgi:application, as `make run`'s web process."""
+    """`python -m decentcom.serve` with `processes` daphne workers, as `make run`'s web tier.
+    `.pid` is the parent, `.pids` the parent and every worker (for cpu_seconds_all, peak_rss_bytes_max)."""
 
-    def __init__(self, database: BenchDatabase):
+    def __init__(self, database: BenchDatabase, processes: int = 1):
         self.port = database.port
-        self.log_path = Path(database.tmp.name) / "daphne.log"
+        self.log_path = Path(database.tmp.name) / "serve.log"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                 "decentcom.asgi:application"],
-                cwd=BASE_DIR, env=database.env, stdout=log, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "decentcom.serve", "-b", "127.0.0.1", "-p", str(self.port)],
+                cwd=BASE_DIR, env={**database.env, "WEB_CONCURRENCY": str(processes)},
+                stdout=log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("daphne did not start in 30 s")
+        try:
+            self.pids = [self.pid, *serve_workers(self.proc, processes)]
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
@@ -127,6 +123,10 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_seconds_all(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -158,3 +158,38 @@ def pid_listening_on(port: int) -> int | None:
         except OSError:
             continue
     return None
+
+
+def peak_rss_bytes_max(pids: list[int]) -> int:
+    """The largest worker's high-water mark (each process has its own memory)."""
+    return max(peak_rss_bytes(pid) for pid in pids)
+
+
+def serve_workers(proc: subprocess.Popen, count: int, timeout_s: float = 30) -> list[int]:
+    """The daphne workers of a `decentcom.serve` parent, once every one serves:
+    its event loop polls the inherited listening socket (fd 3, decentcom.serve.LISTEN_FD),
+    which Twisted starts only after the application (Django) is loaded."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"decentcom.serve exited with {proc.returncode}")
+        pids = [int(pid) for pid in children.read_text().split()]
+        if len(pids) == count and all(_polls_fd(pid, 3) for pid in pids):
+            return pids
+        time.sleep(0.1)
+    raise RuntimeError(f"decentcom.serve: {count} workers not serving in {timeout_s:.0f} s")
+
+
+def _polls_fd(pid: int, fd: int) -> bool:
+    """Whether an epoll instance of `pid` watches its `fd`."""
+    try:
+        for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+            try:
+                if re.search(rf"^tfd:\s+{fd}\s", info.read_text(), re.M):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False

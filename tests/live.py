@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from bench.server import serve_workers
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -116,22 +118,16 @@ class LiveServer:
                 raise RuntimeError(f"daphne exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    if self.processes is not None:
+                        self.worker_pids()  # every worker serves, not only the first
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise RuntimeError("daphne did not start in 30 s")
 
     def worker_pids(self) -> list[int]:
-        """decentcom.serve's daphne workers."""
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        deadline = time.monotonic() + 30
-        while True:
-            pids = [int(pid) for pid in path.read_text().split()]
-            if len(pids) == self.processes:
-                return pids
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers {pids}, not {self.processes}: {self.log()[-2000:]}")
-            time.sleep(0.1)
+        """decentcom.serve's daphne workers, once all serve."""
+        return serve_workers(self.proc, self.processes)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

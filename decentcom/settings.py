@@ -171,7 +171,8 @@ else:
     # Groups cross the processes of this machine (web workers, Celery) through Unix sockets.
     CHANNEL_LAYERS = {"default": {"BACKEND": "decentcom.layers.ProcessChannelLayer",
                                   "CONFIG": {"folder": str(VAR_DIR / "channels")}}}
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Rate limits and gateway connection slots hold across processes (decentcom.cache).
+    CACHES = {"default": {"BACKEND": "decentcom.cache.SqliteCache", "LOCATION": str(VAR_DIR / "cache.sqlite3")}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -2,6 +2,7 @@
 cross them, and reach them from processes that are not web servers, through the
 embedded channel layer (decentcom.layers) or Redis when REDIS_URL is set."""
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import time
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 from django.conf import settings
 
 from tests.factories import build_send, create_conversation, directory, make_person, send
@@ -189,3 +192,31 @@ def test_make_run_web_workers_get_the_purge_events_of_celery(live_database):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def hello_or_close_code(server, token: str) -> str | int:
+    async with ws_connect(server.ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        try:
+            return json.loads(await ws.recv())["op"]
+        except ConnectionClosed:
+            return ws.close_code
+
+
+def test_connection_limits_hold_across_web_processes(daphne_factory, live_database):
+    a, b = daphne_factory(processes=1), daphne_factory(processes=1)
+    bob = make_person(1, base_url=a.url)
+    live_database.sql("UPDATE dm_server_settings SET max_gateway_connections_per_device = 1")
+
+    async def scenario():
+        held = await Listener.open(a, bob.device.client.token)
+        assert await asyncio.wait_for(hello_or_close_code(b, bob.device.client.token), 5) == 4008
+        await held.close()
+        # a's consumer frees the slot in its disconnect, just after the close handshake
+        for _ in range(50):
+            result = await asyncio.wait_for(hello_or_close_code(b, bob.device.client.token), 5)
+            if result == "HELLO":
+                break
+            await asyncio.sleep(0.1)
+        assert result == "HELLO"
+
+    asyncio.run(scenario())

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from decentcom.serve import web_concurrency
@@ -29,13 +31,18 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def wait_listening(host: str, port: int, web: subprocess.Popen) -> bool:
-    """Until the web tier accepts connections (True), or exits or takes too long (False)."""
+def wait_serving(host: str, port: int, web: subprocess.Popen) -> bool:
+    """Until the web tier answers HTTP (True), or exits or takes too long (False).
+    Not only a TCP connect: decentcom.serve listens before its workers have loaded Django."""
     deadline = time.monotonic() + LISTEN_TIMEOUT_S
+    url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}/healthz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an HTTP_PROXY
     while time.monotonic() < deadline and web.poll() is None:
         try:
-            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), timeout=0.5):
-                return True
+            opener.open(url, timeout=2).close()
+            return True
+        except urllib.error.HTTPError:
+            return True  # it answers, whatever it says
         except OSError:
             time.sleep(0.2)
     return False
@@ -82,7 +89,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if wait_listening(host, port, procs["web"]):  # "is running" only once it is
+    if wait_serving(host, port, procs["web"]):  # "is running" only once it is
         print(f"""
 decentcom DM mailbox is running (database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]},
 channel layer: {'redis' if settings.REDIS_URL else 'embedded (Unix sockets)'}, web processes: {web_processes})

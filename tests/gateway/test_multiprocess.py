@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -15,9 +16,12 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 from django.conf import settings
 
+from bench.load import SETTINGS_FOR_LOAD
+from bench.server import cpu_seconds
 from tests.factories import build_send, create_conversation, directory, make_person, send
 from tests.gateway.wsutil import Listener
 from tests.live import BASE_DIR, free_port, pid_holding_connection
+from tests.ops.test_monitoring import TOKEN, scrape, value
 
 pytestmark = pytest.mark.live
 
@@ -218,5 +222,64 @@ def test_connection_limits_hold_across_web_processes(daphne_factory, live_databa
                 break
             await asyncio.sleep(0.1)
         assert result == "HELLO"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3",
+                    reason="SQLite's one writer shared by two processes")
+def test_two_web_processes_share_sqlite_under_concurrent_sends(daphne_factory, live_database):
+    live_database.manage("shell", "-c", SETTINGS_FOR_LOAD)
+    server = daphne_factory(processes=2)
+    workers = server.worker_pids()
+    bob = make_person(1, base_url=server.url)
+    senders = [make_person(1, base_url=server.url) for _ in range(6)]
+    conversations = [create_conversation(s.device, [bob.id]) for s in senders]
+    cpu_before = [cpu_seconds(pid) for pid in workers]
+
+    def send_many(sender, conversation) -> list[int]:
+        sender.device.client.http.headers["Connection"] = "close"  # a new connection each: both workers take some
+        recipients = [d for d in directory(sender.device.client, conversation["participants"])
+                      if d != sender.device.id]
+        return [send(sender.device, build_send(sender.device, conversation, recipients=recipients)).status_code
+                for _ in range(15)]
+
+    with ThreadPoolExecutor(len(senders)) as pool:
+        codes = [c for result in pool.map(send_many, senders, conversations) for c in result]
+    assert codes == [201] * len(codes)
+    assert live_database.sql("SELECT COUNT(*) FROM pending_dms") == [(len(codes),)]
+    assert all(after > before for before, after in zip(cpu_before, (cpu_seconds(pid) for pid in workers)))
+    assert "database is locked" not in server.log()
+
+
+def test_metrics_of_every_web_worker_add_up(daphne_factory, live_database):
+    metrics_dir = os.path.join(live_database.tmp.name, "metrics")
+    os.mkdir(metrics_dir, 0o700)
+    server = daphne_factory(processes=2, extra_env={"PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+                                                    "METRICS_TOKEN": TOKEN})
+    workers = server.worker_pids()
+    people = [make_person(1, base_url=server.url) for _ in range(3)]
+    before = scrape(server)
+
+    async def scenario():
+        listeners, held_by = [], set()
+        for attempt in range(40):  # until both workers hold connections
+            listener = await Listener.open(server, people[attempt % len(people)].device.client.token)
+            listeners.append(listener)
+            held_by.add(pid_holding_connection(local_port(listener), workers))
+            if held_by == set(workers):
+                break
+        assert held_by == set(workers)
+        for _ in range(30):
+            with httpx.Client() as fresh:  # a connection each, so both workers answer some
+                assert fresh.get(server.url + "/healthz").status_code == 200
+        for _ in range(6):  # each scrape, whichever worker answers it, shows every worker's figures
+            after = scrape(server, Connection="close")
+            assert value(after, "decentcom_http_requests_total", operation="healthz", method="GET",
+                         status="200") - value(before, "decentcom_http_requests_total", operation="healthz",
+                                               method="GET", status="200") == 30
+            assert value(after, "decentcom_gateway_connections") == len(listeners)
+        for listener in listeners:
+            await listener.close()
 
     asyncio.run(scenario())

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from django.conf import settings
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
-from django.conf import settings
 
 from bench.load import SETTINGS_FOR_LOAD
 from bench.server import cpu_seconds

@@ -219,7 +219,7 @@ def main() -> int:
         server = LiveServer(database)
         try:
             print(f"server: daphne on {server.url}, database {database.url.split(':')[0]}, "
-                  f"channel layer {'redis' if os.environ.get('REDIS_URL') else 'in-memory'} (rate limits off)")
+                  f"channel layer {'redis' if os.environ.get('REDIS_URL') else 'embedded'} (rate limits off)")
             return asyncio.run(main_async(args, server.url))
         finally:
             server.stop()

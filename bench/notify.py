@@ -10,7 +10,7 @@ connection costs.
 Each device belongs to a user of its own; devices are paired in direct
 conversations. Messages are real signed sends with key wraps, one at a time,
 each to one recipient; every device stays connected and answers heartbeats.
-The server runs as `make run` runs it (daphne; SQLite and the in-memory
+The server runs as `make run` runs it (daphne; SQLite and the embedded
 channel layer by default, PostgreSQL/Redis when DATABASE_URL/REDIS_URL are
 set). Memory is the growth of the daphne process's VmRSS from before the N
 connections to after them. Every wait is bounded; the run stops by itself."""
@@ -204,7 +204,7 @@ def main() -> int:
                 try:
                     print(f"server: daphne pid {server.proc.pid} on {server.url}, database "
                           f"{database.url.split(':')[0]}, channel layer "
-                          f"{'redis' if os.environ.get('REDIS_URL') else 'in-memory'} (rate limits off)")
+                          f"{'redis' if os.environ.get('REDIS_URL') else 'embedded'} (rate limits off)")
                     result = bounded(n, server.url, server.proc.pid)
                 finally:
                     server.stop()

@@ -1,6 +1,7 @@
 """The benchmark's own server: a fresh database (a temporary SQLite file, or a
 new PostgreSQL database on the cluster DATABASE_URL names), a Redis key prefix
-of its own when REDIS_URL is set, and the web tier started as `make run` starts it.
+of its own when REDIS_URL is set, and the web tier started as `make run` starts it
+(python -m decentcom.serve with WEB_CONCURRENCY daphne workers).
 Everything is removed again by `close()`; nothing touches a developer's data."""
 import os
 import re
@@ -83,9 +84,8 @@ class BenchDatabase:
 
 
 class BenchServer:
-    """The web tier as `make run` starts it: `python -m decentcom.serve` with
-    WEB_CONCURRENCY=processes daphne workers. `.pid` is the parent, `.pids` the
-    parent and every worker (for CPU sums and per-process memory)."""
+    """`python -m decentcom.serve` with `processes` daphne workers, as `make run`'s web tier.
+    `.pid` is the parent, `.pids` the parent and every worker."""
 
     def __init__(self, database: BenchDatabase, processes: int = 1):
         self.port = database.port
@@ -96,23 +96,11 @@ class BenchServer:
                 cwd=BASE_DIR, env={**database.env, "WEB_CONCURRENCY": str(processes)},
                 stdout=log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"decentcom.serve exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if len(self.pids) == processes + 1 and httpx.get(self.url + "/", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("decentcom.serve did not start in 30 s")
-
-    @property
-    def pids(self) -> list[int]:
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-        return [self.pid, *map(int, children)]
+        try:
+            self.pids = [self.pid, *serve_workers(self.proc, processes)]
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
@@ -166,3 +154,33 @@ def pid_listening_on(port: int) -> int | None:
         except OSError:
             continue
     return None
+
+
+def serve_workers(proc: subprocess.Popen, count: int, timeout_s: float = 30) -> list[int]:
+    """The daphne workers of a `decentcom.serve` parent, once every one serves:
+    its event loop polls the inherited listening socket (fd 3, decentcom.serve.LISTEN_FD),
+    which Twisted starts only after the application (Django) is loaded."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"decentcom.serve exited with {proc.returncode}")
+        pids = [int(pid) for pid in children.read_text().split()]
+        if len(pids) == count and all(_polls_fd(pid, 3) for pid in pids):
+            return pids
+        time.sleep(0.1)
+    raise RuntimeError(f"decentcom.serve: {count} workers not serving in {timeout_s:.0f} s")
+
+
+def _polls_fd(pid: int, fd: int) -> bool:
+    """Whether an epoll instance of `pid` watches its `fd`."""
+    try:
+        for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+            try:
+                if re.search(rf"^tfd:\s+{fd}\s", info.read_text(), re.M):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False

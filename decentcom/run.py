@@ -1,38 +1,34 @@
-"""`make run`: the whole system on one machine — daphne (HTTP API, admin,
-gateway), a Celery worker and Celery beat — until Ctrl-C."""
+"""`make run`: the whole system on one machine — the web tier (HTTP API, admin,
+gateway: WEB_CONCURRENCY daphne processes, decentcom.serve), a Celery worker
+and Celery beat — until Ctrl-C."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from decentcom.serve import port_in_use, web_concurrency
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LISTEN_TIMEOUT_S = 60
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether daphne would fail to listen there. SO_REUSEADDR as Twisted
-    sets it, so a port in TIME_WAIT is not "in use"."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def wait_listening(host: str, port: int, web: subprocess.Popen) -> bool:
-    """Until daphne accepts connections (True), or exits or takes too long (False)."""
+def wait_serving(host: str, port: int, web: subprocess.Popen) -> bool:
+    """Until the web tier answers HTTP (True), or exits or takes too long (False).
+    Not only a TCP connect: decentcom.serve listens before its workers have loaded Django."""
     deadline = time.monotonic() + LISTEN_TIMEOUT_S
+    url = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}/healthz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an HTTP_PROXY
     while time.monotonic() < deadline and web.poll() is None:
         try:
-            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), timeout=0.5):
-                return True
+            opener.open(url, timeout=2).close()
+            return True
+        except urllib.error.HTTPError:
+            return True  # it answers, whatever it says
         except OSError:
             time.sleep(0.2)
     return False
@@ -58,8 +54,10 @@ def main() -> int:
     metrics_dir.mkdir(mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     python = sys.executable
+    web_processes = web_concurrency()
+    os.environ["WEB_CONCURRENCY"] = str(web_processes)
     commands = {
-        "web": [python, "-m", "daphne", "-b", host, "-p", str(port), "decentcom.asgi:application"],
+        "web": [python, "-m", "decentcom.serve", "-b", host, "-p", str(port)],
         "worker": [python, "-m", "celery", "-A", "decentcom", "worker", "--loglevel=INFO",
                    "--concurrency=1", "--without-gossip", "--without-mingle"],
         "beat": [python, "-m", "celery", "-A", "decentcom", "beat", "--loglevel=INFO",
@@ -77,10 +75,10 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if wait_listening(host, port, procs["web"]):  # "is running" only once it is
+    if wait_serving(host, port, procs["web"]):  # "is running" only once it is
         print(f"""
 decentcom DM mailbox is running (database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]},
-channel layer: {'redis' if settings.REDIS_URL else 'in-memory'})
+channel layer: {'redis' if settings.REDIS_URL else 'embedded (Unix sockets)'}, web processes: {web_processes})
   Web client {web}
   API        {base}/api/v1/
   API docs   {base}/api/v1/docs/   (OpenAPI schema: {base}/api/v1/schema/)

@@ -2,10 +2,12 @@
 
     python -m decentcom.serve [-b HOST] [-p PORT]
 
-daphne runs one process (one core). Here the parent binds the socket once and
-starts each worker with it inherited as systemd would hand it over (LISTEN_FDS,
-Twisted's `systemd:` endpoint); the kernel spreads connections over the
-workers. Gateway events cross processes through the channel layer. The parent
+daphne runs one process (one core). Here the parent binds one SO_REUSEPORT
+socket per worker on the same address and starts each worker with its own
+inherited as systemd would hand it over (LISTEN_FDS, Twisted's `systemd:`
+endpoint); the kernel spreads new connections evenly over the sockets. (One
+shared socket does not: Twisted accepts many connections per wake-up, so a
+burst lands on one worker.) Gateway events cross processes through the channel layer. The parent
 only supervises: a worker that dies takes the tier down, for the platform (or
 `make run`) to restart, rather than serving on with fewer cores unnoticed."""
 import argparse
@@ -29,10 +31,25 @@ def web_concurrency() -> int:
     return int(value)
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens there already. Without SO_REUSEPORT: the
+    workers' sockets would otherwise share the port with another server of ours.
+    SO_REUSEADDR, so a port in TIME_WAIT is not "in use"."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(1024)
     return sock
@@ -61,11 +78,15 @@ def main() -> int:
         worker(args.worker_fd, args.family)
         return 0
     count = web_concurrency()
-    sock = listen(args.bind, args.port)
-    family = "INET6" if sock.family == socket.AF_INET6 else "INET"
-    command = [sys.executable, "-m", "decentcom.serve", "--worker-fd", str(sock.fileno()), "--family", family]
-    workers = [subprocess.Popen(command, pass_fds=(sock.fileno(),)) for _ in range(count)]
-    sock.close()  # the workers hold it now
+    if port_in_use(args.bind, args.port):
+        raise SystemExit(f"decentcom.serve: {args.bind}:{args.port} is already in use")
+    # All bound before any worker starts.
+    socks = [listen(args.bind, args.port) for _ in range(count)]
+    family = "INET6" if socks[0].family == socket.AF_INET6 else "INET"
+    workers = [subprocess.Popen([sys.executable, "-m", "decentcom.serve", "--worker-fd", str(sock.fileno()),
+                                 "--family", family], pass_fds=(sock.fileno(),)) for sock in socks]
+    for sock in socks:
+        sock.close()  # the workers hold them now
 
     def stop(*_):
         for proc in workers:

@@ -1,5 +1,5 @@
 """One settings module: everything from the environment, with embedded
-defaults that run on a laptop (SQLite file, in-memory channel layer, a
+defaults that run on a laptop (SQLite file, a channel layer over Unix sockets, a
 filesystem Celery broker). Every variable is documented in the README.
 A development checkout's `.env` fills in what the environment does not set
 (decentcom.envfile)."""
@@ -168,8 +168,11 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # Groups cross the processes of this machine (web workers, Celery) through Unix sockets.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "decentcom.layers.ProcessChannelLayer",
+                                  "CONFIG": {"folder": str(VAR_DIR / "channels")}}}
+    # Rate limits and gateway connection slots hold across processes (decentcom.cache).
+    CACHES = {"default": {"BACKEND": "decentcom.cache.SqliteCache", "LOCATION": str(VAR_DIR / "cache.sqlite3")}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -16,6 +16,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_redis)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_embedded_cache_and_layer(tmp_path_factory):
+    """Without Redis, the embedded cache and channel-layer sockets live under
+    VAR_DIR, which a `make run` of this checkout shares: in-process tests get
+    their own, so clearing the cache or sending an event never reaches it."""
+    if settings.REDIS_URL:
+        yield
+        return
+    from django.test import override_settings
+
+    var = tmp_path_factory.mktemp("var")
+    with override_settings(
+            CACHES={"default": {**settings.CACHES["default"], "LOCATION": str(var / "cache.sqlite3")}},
+            CHANNEL_LAYERS={"default": {**settings.CHANNEL_LAYERS["default"],
+                                        "CONFIG": {"folder": str(var / "channels")}}}):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _fresh_rate_limits():
     """Each test starts with no rate-limit counters. On Redis only this run's

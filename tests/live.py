@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from bench.server import serve_workers
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -79,12 +81,15 @@ class LiveDatabase:
 
 
 class LiveServer:
-    """One daphne process serving the whole ASGI application."""
+    """One daphne process serving the whole ASGI application or, with
+    `processes`, `python -m decentcom.serve` and that many daphne workers."""
 
-    def __init__(self, database: LiveDatabase, *, port: int | None = None, extra_env: dict | None = None):
+    def __init__(self, database: LiveDatabase, *, port: int | None = None, extra_env: dict | None = None,
+                 processes: int | None = None):
         self.database = database
         self.port = port or free_port()
         self.extra_env = extra_env or {}
+        self.processes = processes
         self.proc = None
         self.log_path = Path(database.tmp.name) / f"daphne-{self.port}.log"
         self.start()
@@ -99,19 +104,30 @@ class LiveServer:
 
     def start(self):
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "decentcom.asgi:application"],
-            cwd=BASE_DIR, env={**self.database.env, **self.extra_env}, stdout=log, stderr=subprocess.STDOUT)
+        env = {**self.database.env, **self.extra_env}
+        if self.processes is None:
+            command = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "decentcom.asgi:application"]
+        else:
+            command = ["-m", "decentcom.serve", "-b", "127.0.0.1", "-p", str(self.port)]
+            env["WEB_CONCURRENCY"] = str(self.processes)
+        self.proc = subprocess.Popen([sys.executable, *command], cwd=BASE_DIR, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daphne exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    if self.processes is not None:
+                        self.worker_pids()  # every worker serves, not only the first
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
         raise RuntimeError("daphne did not start in 30 s")
+
+    def worker_pids(self) -> list[int]:
+        """decentcom.serve's daphne workers, once all serve."""
+        return serve_workers(self.proc, self.processes)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -128,3 +144,21 @@ class LiveServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def pid_holding_connection(local_port: int, server_pids: list[int]) -> int | None:
+    """Which of `server_pids` holds the server end of our TCP connection from `local_port`."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if int(cols[2].rsplit(":", 1)[1], 16) == local_port and cols[3] == "01":  # ESTABLISHED
+                inodes.add(f"socket:[{cols[9]}]")
+    for pid in server_pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None

@@ -74,4 +74,6 @@ def test_procfile_does_not_let_daphne_rewrite_the_peer_from_client_headers():
     """`daphne --proxy-headers` takes the LEFT-most X-Forwarded-For entry, which the client writes."""
     procfile = (BASE_DIR / "Procfile").read_text()
     web = next(line for line in procfile.splitlines() if line.startswith("web:"))
-    assert "daphne" in web and "--proxy-headers" not in web
+    # the web tier is decentcom.serve, which gives each daphne worker its command line
+    assert "decentcom.serve" in web and "--proxy-headers" not in web
+    assert "proxy-headers" not in (BASE_DIR / "decentcom" / "serve.py").read_text()

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.live
 def procfile_web(port: int) -> list[str]:
     line = next(l for l in (BASE_DIR / "Procfile").read_text().splitlines() if l.startswith("web:"))
     args = shlex.split(line.removeprefix("web:").replace("$PORT", str(port)).replace("0.0.0.0", "127.0.0.1"))
-    assert args[0] == "daphne"
-    return [sys.executable, "-m", "daphne", *args[1:]]
+    assert args[:3] == ["python", "-m", "decentcom.serve"]
+    return [sys.executable, *args[1:]]
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ class BenchServer:
                 stdout=log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         try:
-            self.pids = [self.pid, *serve_workers(self.proc, processes)]
+            self.pids = [self.pid, *serve_workers(self.proc, processes, self.port)]
         except RuntimeError:
             self.stop()
             raise
@@ -131,8 +131,8 @@ def peak_rss_bytes(pid: int) -> int:
     return int(match.group(1)) * 1024
 
 
-def pid_listening_on(port: int) -> int | None:
-    """The local process with a listening TCP socket on `port`, if we may see it."""
+def listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on TCP `port` on this machine."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -143,6 +143,12 @@ def pid_listening_on(port: int) -> int | None:
             cols = line.split()
             if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # LISTEN
                 inodes.add(cols[9])
+    return inodes
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The local process with a listening TCP socket on `port`, if we may see it."""
+    inodes = listening_inodes(port)
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -156,29 +162,31 @@ def pid_listening_on(port: int) -> int | None:
     return None
 
 
-def serve_workers(proc: subprocess.Popen, count: int, timeout_s: float = 30) -> list[int]:
+def serve_workers(proc: subprocess.Popen, count: int, port: int, timeout_s: float = 30) -> list[int]:
     """The daphne workers of a `decentcom.serve` parent, once every one serves:
-    its event loop polls the inherited listening socket (fd 3, decentcom.serve.LISTEN_FD),
-    which Twisted starts only after the application (Django) is loaded."""
+    its event loop polls a socket listening on `port`, which Twisted starts
+    only after the application (Django) is loaded."""
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"decentcom.serve exited with {proc.returncode}")
         pids = [int(pid) for pid in children.read_text().split()]
-        if len(pids) == count and all(_polls_fd(pid, 3) for pid in pids):
+        inodes = listening_inodes(port)
+        if len(pids) == count and all(_polls_one_of(pid, inodes) for pid in pids):
             return pids
         time.sleep(0.1)
     raise RuntimeError(f"decentcom.serve: {count} workers not serving in {timeout_s:.0f} s")
 
 
-def _polls_fd(pid: int, fd: int) -> bool:
-    """Whether an epoll instance of `pid` watches its `fd`."""
+def _polls_one_of(pid: int, inodes: set[str]) -> bool:
+    """Whether an epoll instance of `pid` watches one of these sockets."""
     try:
         for info in Path(f"/proc/{pid}/fdinfo").iterdir():
             try:
-                if re.search(rf"^tfd:\s+{fd}\s", info.read_text(), re.M):
-                    return True
+                for fd in re.findall(r"^tfd:\s+(\d+)\s", info.read_text(), re.M):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] in inodes:
+                        return True
             except OSError:
                 continue
     except OSError:

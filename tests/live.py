@@ -127,7 +127,7 @@ class LiveServer:
 
     def worker_pids(self) -> list[int]:
         """decentcom.serve's daphne workers, once all serve."""
-        return serve_workers(self.proc, self.processes)
+        return serve_workers(self.proc, self.processes, self.port)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

@@ -3,8 +3,9 @@ are scheduled with `transaction.on_commit` only.
 
 Lock order, everywhere: user rows (by id; registration and joining a
 conversation), then conversation rows (by id), then pending_dms rows (by
-message_id), then deliveries. Send locks its conversation, so no send commits
-against an epoch a membership or device change has ended."""
+message_id), then deliveries, then (the triggers on deliveries do it) the
+dm_mailboxes counters, by device id. Send locks its conversation, so no send
+commits against an epoch a membership or device change has ended."""
 import datetime as dt
 import logging
 import time
@@ -433,13 +434,13 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
         if row is None:
             raise ApiError(404, "not_found", "no such conversation")
         epoch, participants_sha256, policy, ttl_days = row
-        # the participants, their active devices and what each has pending
+        # the participants, their active devices and what each has pending (its counter: dms.models.Mailbox)
         cursor.execute(
-            "SELECT m.user_id, u.username, d.id, d.device_id, (SELECT COUNT(*) FROM dm_deliveries x "
-            "WHERE x.device_id = d.id AND x.acked_at IS NULL) FROM dm_conversation_members m "
+            "SELECT m.user_id, u.username, d.id, d.device_id, COALESCE(b.pending, 0) FROM dm_conversation_members m "
             "JOIN users u ON u.id = m.user_id LEFT JOIN devices d ON d.user_id = m.user_id "
             "AND d.revoked_at IS NULL AND (d.expires_at IS NULL OR d.expires_at > %s) AND u.suspended_at IS NULL "
-            "WHERE m.conversation_id = %s", [sql.dt_param(now), conversation_id])
+            "LEFT JOIN dm_mailboxes b ON b.device_id = d.id WHERE m.conversation_id = %s",
+            [sql.dt_param(now), conversation_id])
         rows = cursor.fetchall()
     members = {user_id: username for user_id, username, _, _, _ in rows}
     active = {device_id: (pk, user_id) for user_id, _, pk, device_id, _ in rows if pk is not None}

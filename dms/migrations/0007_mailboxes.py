@@ -8,7 +8,9 @@
 # A counter row is made with a device's first delivery and goes only with the
 # device; changes other than that first insert only UPDATE, so a device being
 # deleted (the ORM's cascade may delete its counter row first) never gets its
-# row back.
+# row back. A later migration that rebuilds dm_deliveries on SQLite (Django's
+# table remake for most field changes) drops these triggers: create them again
+# there (tests/dms/test_mailbox_counters.py fails without them).
 
 import django.db.models.deletion
 from django.db import migrations, models

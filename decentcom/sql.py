@@ -20,9 +20,10 @@ def _sqlite() -> bool:
     return connection.vendor == "sqlite"
 
 
-def for_update() -> str:
-    """The row-lock suffix, empty where the database has none (SQLite)."""
-    return "" if _sqlite() else " FOR UPDATE"
+def for_update(of: str | None = None) -> str:
+    """The row-lock suffix, empty where the database has none (SQLite);
+    `of`: lock only that table's rows of a join."""
+    return "" if _sqlite() else f" FOR UPDATE OF {of}" if of else " FOR UPDATE"
 
 
 def placeholders(n: int) -> str:

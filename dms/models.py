@@ -161,6 +161,20 @@ class Delivery(models.Model):
         return {"nonce": self.wrap_nonce, "wrapped_key": self.wrapped_key}
 
 
+class Mailbox(models.Model):
+    """A device's unACKed deliveries, counted (§7 check 11: the quota is read
+    on every send, and counting rows there grew with the mailbox). Kept by
+    database triggers on dm_deliveries (migration 0007), so every insert, ACK
+    and delete, raw SQL or ORM cascade, keeps it exact; no code writes it.
+    A row exists for every device that ever had a delivery."""
+
+    device = models.OneToOneField("devices.Device", on_delete=models.CASCADE, primary_key=True, related_name="+")
+    pending = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        db_table = "dm_mailboxes"
+
+
 class KeyReceipt(models.Model):
     """The recipient device holds the sender device's key `key_id` (§7)."""
 

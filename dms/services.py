@@ -3,8 +3,9 @@ are scheduled with `transaction.on_commit` only.
 
 Lock order, everywhere: user rows (by id; registration and joining a
 conversation), then conversation rows (by id), then pending_dms rows (by
-message_id), then deliveries. Send locks its conversation, so no send commits
-against an epoch a membership or device change has ended."""
+message_id), then deliveries, then (the triggers on deliveries do it) the
+dm_mailboxes counters, by device id. Send locks its conversation, so no send
+commits against an epoch a membership or device change has ended."""
 import datetime as dt
 import logging
 import time
@@ -25,7 +26,8 @@ from devices.services import device_revoke
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, KeyReceipt, PendingDm, Policy,
                         PurgeRun, ServerSettings, UsedMessageId)
 from dms.events import dm_status_on_commit
-from dms.selectors import MAX_IDS_PER_STATEMENT, delivery_counts_for_messages, server_settings_get
+from dms.selectors import (MAX_IDS_PER_STATEMENT, delivery_counts_for_messages, delivery_state_counts,
+                           server_settings_get)
 from gateway.models import GatewayTicket
 from gateway.notify import notify_devices_on_commit
 
@@ -419,27 +421,29 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
     message_id = sql.uuid_param(request.message_id)
     conversation_id = sql.uuid_param(request.conversation_id)
     with connection.cursor() as cursor:
-        # 5
-        cursor.execute("SELECT 1 FROM dm_used_message_ids WHERE message_id = %s", [message_id])
-        if cursor.fetchone() is not None:
-            return _dm_send_replay(device=device, message_id=request.message_id, ciphertext_sha256=ciphertext_sha256)
-        # 6: the UPDATE locks the conversation row as SELECT ... FOR UPDATE would
+        # 6, and 5 in the same statement: the UPDATE locks the conversation row as SELECT ... FOR UPDATE
+        # would, unless the message id is used; then (or for a stranger) the used id decides
         cursor.execute(
             "UPDATE dm_conversations SET last_activity_at = %s WHERE id = %s AND EXISTS ("
             "SELECT 1 FROM dm_conversation_members WHERE conversation_id = %s AND user_id = %s) "
+            "AND NOT EXISTS (SELECT 1 FROM dm_used_message_ids WHERE message_id = %s) "
             "RETURNING epoch, participants_sha256, retention_policy, retention_ttl_days",
-            [sql.dt_param(now), conversation_id, conversation_id, device.user_id])
+            [sql.dt_param(now), conversation_id, conversation_id, device.user_id, message_id])
         row = cursor.fetchone()
         if row is None:
+            cursor.execute("SELECT 1 FROM dm_used_message_ids WHERE message_id = %s", [message_id])
+            if cursor.fetchone() is not None:  # 5
+                return _dm_send_replay(device=device, message_id=request.message_id,
+                                       ciphertext_sha256=ciphertext_sha256)
             raise ApiError(404, "not_found", "no such conversation")
         epoch, participants_sha256, policy, ttl_days = row
-        # the participants, their active devices and what each has pending
+        # the participants, their active devices and what each has pending (its counter: dms.models.Mailbox)
         cursor.execute(
-            "SELECT m.user_id, u.username, d.id, d.device_id, (SELECT COUNT(*) FROM dm_deliveries x "
-            "WHERE x.device_id = d.id AND x.acked_at IS NULL) FROM dm_conversation_members m "
+            "SELECT m.user_id, u.username, d.id, d.device_id, COALESCE(b.pending, 0) FROM dm_conversation_members m "
             "JOIN users u ON u.id = m.user_id LEFT JOIN devices d ON d.user_id = m.user_id "
             "AND d.revoked_at IS NULL AND (d.expires_at IS NULL OR d.expires_at > %s) AND u.suspended_at IS NULL "
-            "WHERE m.conversation_id = %s", [sql.dt_param(now), conversation_id])
+            "LEFT JOIN dm_mailboxes b ON b.device_id = d.id WHERE m.conversation_id = %s",
+            [sql.dt_param(now), conversation_id])
         rows = cursor.fetchall()
     members = {user_id: username for user_id, username, _, _, _ in rows}
     active = {device_id: (pk, user_id) for user_id, _, pk, device_id, _ in rows if pk is not None}
@@ -552,35 +556,40 @@ def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict
     now = timezone.now()
     ids = [sql.uuid_param(mid) for mid in requested]
     with transaction.atomic(), connection.cursor() as cursor:
+        # the sender's user too, for DM_STATUS: the counts below then need no join
         cursor.execute(
-            "SELECT message_id, policy, conversation_id, sender_device_id, key_id, epoch FROM pending_dms "
-            "WHERE message_id IN (SELECT message_id FROM dm_deliveries WHERE device_id = %s "
-            f"AND message_id IN ({sql.placeholders(len(ids))})) ORDER BY message_id{sql.for_update()}",
+            "SELECT m.message_id, m.policy, m.conversation_id, m.sender_device_id, m.key_id, m.epoch, su.username "
+            "FROM pending_dms m JOIN devices sd ON sd.id = m.sender_device_id JOIN users su ON su.id = sd.user_id "
+            "WHERE m.message_id IN (SELECT message_id FROM dm_deliveries WHERE device_id = %s "
+            f"AND message_id IN ({sql.placeholders(len(ids))})) ORDER BY m.message_id{sql.for_update(of='m')}",
             [device.pk, *ids])
-        locked = {sql.uuid_str(row[0]): row for row in cursor.fetchall()}
+        locked = {row[0]: row for row in cursor.fetchall()}  # by the database's value of the id
         acked = []
         if locked:
             cursor.execute(
                 "UPDATE dm_deliveries SET acked_at = %s WHERE device_id = %s AND acked_at IS NULL "
                 f"AND message_id IN ({sql.placeholders(len(locked))}) RETURNING message_id, wrapped_key IS NOT NULL",
-                [sql.dt_param(now), device.pk, *(row[0] for row in locked.values())])
-            acked = cursor.fetchall()
+                [sql.dt_param(now), device.pk, *locked])
+            acked = [(mid, has_wrap, sql.uuid_str(mid)) for mid, has_wrap in cursor.fetchall()]
         if acked:
             # §7a: their final state, in this transaction; `failed` wins over `message_ids` as for receipts
-            acked_ids = [mid for mid, _ in acked]
-            failed_ids = [mid for mid in acked_ids if sql.uuid_str(mid) in failed_set] if failed_set else []
+            acked_ids = [mid for mid, _, _ in acked]
+            failed_ids = [mid for mid, _, text in acked if text in failed_set] if failed_set else []
             state = (f"CASE WHEN message_id IN ({sql.placeholders(len(failed_ids))}) THEN 'failed' "
                      "ELSE 'delivered' END" if failed_ids else "'delivered'")
             cursor.execute(
                 f"UPDATE dm_delivery_states SET state = {state}, at = %s WHERE device_id = %s AND state = 'pending' "
                 f"AND message_id IN ({sql.placeholders(len(acked_ids))})",
                 [*failed_ids, sql.dt_param(now), device.pk, *acked_ids])
-            dm_status_on_commit(statuses=delivery_counts_for_messages(db_ids=acked_ids))
+            counts = delivery_state_counts(db_ids=acked_ids)
+            dm_status_on_commit(statuses={
+                text: {"sender": locked[mid][6], "conversation_id": sql.uuid_str(locked[mid][2]), "counts": counts[mid]}
+                for mid, _, text in acked if mid in counts})  # a message sent before §7a has no states
             transaction.on_commit(lambda n=len(acked_ids): metrics.DM_ACKS.inc(n))
         # One receipt per (conversation, sender device, key): a batch from one sender is usually one row.
         receipts: dict = {}
-        for mid in (sql.uuid_str(mid) for mid, has_wrap in acked if has_wrap):
-            if mid not in failed_set:
+        for mid, has_wrap, text in acked:
+            if has_wrap and text not in failed_set:
                 key = (locked[mid][2], locked[mid][3], locked[mid][4])
                 receipts[key] = max(receipts.get(key, 0), locked[mid][5])
         if receipts:
@@ -592,8 +601,9 @@ def dm_ack(*, device: Device, message_ids: list[str], failed: list[str]) -> dict
                 "epoch = excluded.epoch, created_at = excluded.created_at WHERE dm_key_receipts.epoch < excluded.epoch",
                 [value for (conversation_id, sender_pk, key_id), epoch in receipts.items()
                  for value in (conversation_id, sender_pk, key_id, epoch, device.pk, sql.dt_param(now))])
-        messages_delete_burned(message_ids=[row[0] for row in locked.values() if row[1] == Policy.BURN_ON_READ])
-    return {"acked": sorted(locked), "unknown": sorted(set(requested) - set(locked))}
+        messages_delete_burned(message_ids=[mid for mid, row in locked.items() if row[1] == Policy.BURN_ON_READ])
+    found = sorted(sql.uuid_str(mid) for mid in locked)
+    return {"acked": found, "unknown": sorted(set(requested) - set(found))}
 
 
 # --- purge (§8) --------------------------------------------------------------------

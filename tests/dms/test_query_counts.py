@@ -10,9 +10,9 @@ from tests.factories import ack, build_send, create_conversation, make_person, s
 
 pytestmark = pytest.mark.django_db
 
-# session, settings, BEGIN, used id, conversation lock, participants and devices,
+# session, settings, BEGIN, conversation lock (with the used-id check), participants and devices,
 # 4 INSERTs (used id, message, deliveries, delivery states), COMMIT
-SEND_QUERIES = 11
+SEND_QUERIES = 10
 # session, settings, the page
 SYNC_QUERIES = 3
 # session, settings, BEGIN, lock messages, end deliveries, their states, counts for DM_STATUS, receipts, COMMIT

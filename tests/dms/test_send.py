@@ -151,6 +151,28 @@ def test_5_late_retry_after_message_is_gone(pair):
     assert not PendingDm.objects.exists()
 
 
+def test_5_retry_after_leaving_the_group_answers_first_and_changes_nothing():
+    """Check 5 comes before 6: a retry from someone no longer a participant still
+    gets its first answer, and the retry does not touch the conversation."""
+    from dms.models import Conversation
+
+    alice, bob, carol = make_person(1), make_person(1), make_person(1)
+    group = create_conversation(alice.device, [bob.id, carol.id])
+    body = build_send(alice.device, group)
+    first = send(alice.device, body)
+    assert first.status_code == 201
+    url = f"/api/v1/dms/conversations/{group['conversation_id']}/participants/{alice.id}"
+    for leave in (False, True):
+        if leave:
+            assert alice.device.client.delete(url).status_code in (200, 204)
+        before = Conversation.objects.get(id=group["conversation_id"]).last_activity_at
+        retry = send(alice.device, body)
+        assert retry.status_code == 200 and retry.json() == first.json()
+        assert Conversation.objects.get(id=group["conversation_id"]).last_activity_at == before
+    fresh = send(alice.device, build_send(alice.device, group))
+    assert fresh.status_code == 404 and fresh.json()["error"] == "not_found"
+
+
 def test_6_unknown_or_foreign_conversation_is_404(pair):
     alice, bob, conv = pair
     eve = make_person(1)

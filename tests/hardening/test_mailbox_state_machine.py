@@ -42,6 +42,7 @@ from rest_framework.test import APIClient
 from dmclient import protocol
 from devices.models import Device
 from dms.models import Conversation, Delivery, KeyReceipt, PendingDm, UsedMessageId
+from dms.models import Mailbox as PendingCounter
 from dms.selectors import dm_list_pending_for_device, server_settings_get
 from dms.services import dm_purge_expired
 from tests.factories import build_send, login, make_person, verify
@@ -418,6 +419,16 @@ class MailboxMachine(RuleBasedStateMachine):
         assert deliveries == {(m.id, d, delivery.acked) for m in self.model.messages.values()
                               for d, delivery in m.deliveries.items()}
         assert not Delivery.objects.exclude(message_id__in=PendingDm.objects.values("message_id")).exists()
+
+    @invariant()
+    def pending_counters_match(self):
+        """§7 check 11 reads these counters (kept by triggers), not the rows."""
+        counters = dict(PendingCounter.objects.values_list("device__device_id", "pending"))
+        expected = {d: 0 for d in self.model.devices}
+        for m in self.model.messages.values():
+            for d, delivery in m.deliveries.items():
+                expected[d] += not delivery.acked
+        assert {d: counters.get(d, 0) for d in expected} == expected
 
     @invariant()
     def conversations_receipts_and_used_ids_match(self):

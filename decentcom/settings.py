@@ -222,7 +222,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["devices.auth.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["devices.auth.IsDeviceSession"],
     "DEFAULT_PARSER_CLASSES": ["decentcom.parsers.LimitedJSONParser"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["decentcom.renderers.FastJSONRenderer"],
     "EXCEPTION_HANDLER": "decentcom.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

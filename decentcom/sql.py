@@ -64,8 +64,8 @@ def rfc3339_value(value) -> str | None:
     if value is None:
         return None
     if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds") + "Z"  # half strftime's cost, twice per synced message
 
 
 def json_param(value):

@@ -13,7 +13,7 @@ from dms import selectors, services
 from dms.selectors import conversation_participants_map
 from dms.serializers import (AckInput, AckOutput, ConversationOutput, DeliveryStatusOutput, MessagePageOutput,
                              RetentionSerializer, SendInput, SendOutput, ServerDescriptionOutput, StatusInput,
-                             StatusOutput, SyncInput, send_input_validate)
+                             StatusOutput, SyncInput, ack_input_validate, send_input_validate)
 from dms.wire import conversation_wire
 
 
@@ -181,13 +181,11 @@ class DmSyncApi(APIView):
 class DmAckApi(APIView):
     @extend_schema(request=AckInput, responses={200: AckOutput, **error_responses(*DEVICE_SESSION, *JSON_BODY)})
     def post(self, request):
-        data = AckInput(data=request.data)
-        data.is_valid(raise_exception=True)
+        data = ack_input_validate(request.data)
         device = request.auth.device
-        if data.validated_data.get("device_id", device.device_id) != device.device_id:
+        if data.get("device_id", device.device_id) != device.device_id:
             raise ApiError(403, "forbidden", "you can only ACK for your own device")
-        return Response(services.dm_ack(device=device, message_ids=data.validated_data["message_ids"],
-                                        failed=data.validated_data["failed"]))
+        return Response(services.dm_ack(device=device, message_ids=data["message_ids"], failed=data["failed"]))
 
 
 

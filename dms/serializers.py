@@ -171,6 +171,29 @@ class AckInput(serializers.Serializer):
         return attrs
 
 
+def _uuid_list(value) -> bool:
+    return type(value) is list and all(protocol.is_uuid(item) for item in value)
+
+
+def ack_input_validate(data) -> dict:
+    """AckInput's validated data; raises its ValidationError. A body that
+    plainly passes skips DRF's ListField, which cost ~1 ms per 500 ids."""
+    if type(data) is dict and data.keys() <= {"message_ids", "failed", "device_id"}:
+        message_ids, failed = data.get("message_ids", []), data.get("failed", [])
+        if _uuid_list(message_ids) and _uuid_list(failed) and len(message_ids) + len(failed) <= MAX_ACK_IDS:
+            plain = {"message_ids": message_ids, "failed": failed}
+            if "device_id" not in data:
+                return plain
+            try:
+                protocol.b58_key(data["device_id"])
+                return {**plain, "device_id": data["device_id"]}
+            except protocol.ProtocolError:
+                pass
+    serializer = AckInput(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
 class AckOutput(serializers.Serializer):
     acked = serializers.ListField(child=serializers.UUIDField())
     unknown = serializers.ListField(child=serializers.UUIDField())

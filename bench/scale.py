@@ -1,17 +1,20 @@
-"""Server-size benchmark (issue 13): the hot paths on an empty database, then
+"""Server-size benchmark (issue 13): the hot paths on an empty database and
 on one filled by set-based SQL (bench/fill.py) with 100,000 users (a device
 each), 100,000 conversations and 1,000,000 pending deliveries; then the purge
-of 100,000 expired messages against a raw SQL DELETE of the same rows.
+of 100,000 expired messages on the full one against a raw SQL DELETE of the
+same rows.
 
-    python -m bench.scale                     # a fresh SQLite database of its own
+    python -m bench.scale                     # two fresh SQLite databases of its own
     DATABASE_URL=postgres://… REDIS_URL=redis://… python -m bench.scale
-                                              # a fresh PostgreSQL database, Redis
+                                              # two fresh PostgreSQL databases, Redis
 
-In-process, on the bench's own database (production settings, as
+In-process, on the bench's own databases (production settings, as
 bench/mailbox.py's query counts): Django's test client, the same views and
-queries. Each figure is the median of N calls of CPU ms (this process: the
-view, the ORM and, on SQLite, the database) and wall ms; each phase uses
-fresh devices and a fresh conversation so both phases start alike."""
+queries. Both databases are open at once and each call goes to one and then
+the other, so load from elsewhere on the machine weighs on both alike. Each
+figure is the median of N calls of CPU ms (this process: the view, the ORM
+and, on SQLite, the database) and wall ms; each database has its own fresh
+devices and conversations, in the same state when timed."""
 import argparse
 import json
 import signal
@@ -38,31 +41,50 @@ class Api(InProcess):
         return json.loads(response.content)
 
 
-def timed(call, reps: int) -> dict:
-    """Median CPU and wall ms of `reps` calls, and the queries of the last one."""
+class Databases:
+    """The empty and the full database open side by side in this process, and
+    the calls sent to each in turn: both see the same machine (whatever else
+    runs on it meanwhile) and the same warm process. `use` points Django's
+    default connection at one of them."""
+
+    NAMES = ("empty", "full")
+
+    def __init__(self, empty: BenchDatabase, full: BenchDatabase):
+        from django.db import connections
+
+        connections.settings["full"] = {**connections.settings["default"],
+                                        "NAME": full.pg_name or f"{full.tmp.name}/db.sqlite3"}
+        self.wrappers = {"empty": connections["default"], "full": connections["full"]}
+
+    def use(self, name: str) -> None:
+        from django.db import connections
+
+        connections["default"] = self.wrappers[name]
+
+    def in_turn(self, rep: int) -> tuple[str, str]:
+        """Which goes first alternates, so neither always follows the other."""
+        return self.NAMES if rep % 2 == 0 else self.NAMES[::-1]
+
+
+def call_timed(call) -> tuple[float, float, int]:
+    """CPU ms, wall ms and the queries of one call."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    cpu, wall = [], []
-    for rep in range(reps):
-        if rep == reps - 1:
-            with CaptureQueriesContext(connection) as captured:
-                c0, w0 = time.process_time(), time.perf_counter()
-                call(rep)
-                c1, w1 = time.process_time(), time.perf_counter()
-            queries = len(captured.captured_queries)
-        else:
-            c0, w0 = time.process_time(), time.perf_counter()
-            call(rep)
-            c1, w1 = time.process_time(), time.perf_counter()
-        cpu.append((c1 - c0) * 1000)
-        wall.append((w1 - w0) * 1000)
-    return {"cpu_ms": statistics.median(cpu), "wall_ms": statistics.median(wall), "queries": queries, "n": reps}
+    with CaptureQueriesContext(connection) as captured:
+        c0, w0 = time.process_time(), time.perf_counter()
+        call()
+        c1, w1 = time.process_time(), time.perf_counter()
+    return (c1 - c0) * 1000, (w1 - w0) * 1000, len(captured.captured_queries)
 
 
-def phase(args) -> tuple[dict, dict]:
-    """Figures of send, sync, ACK, the directory and the conversation list; and the phase's fixture."""
-    api = Api()
+def summary(samples: list[tuple[float, float, int]]) -> dict:
+    return {"cpu_ms": statistics.median(s[0] for s in samples), "wall_ms": statistics.median(s[1] for s in samples),
+            "queries": samples[-1][2], "n": len(samples)}
+
+
+def prepare(api: Api, args) -> dict:
+    """Fresh devices and conversations on the current database, the sends to time, warm statements."""
     sender, recipients = new_devices(args.recipients)
     for device in [sender, *recipients]:
         api.login(device)
@@ -70,41 +92,53 @@ def phase(args) -> tuple[dict, dict]:
     conv = api.post("/api/v1/dms/conversations", {"participants": participants}, sender)
     for n in range(CONVERSATIONS_PER_USER - 1):  # more of the sender's, for the paged list
         api.post("/api/v1/dms/conversations", {"participants": participants[:1 + n % len(participants)]}, sender)
-    warm, drained = 20, SYNC_LIMIT * args.drain_reps
-    bodies = iter(build_sends(sender, conv, [r.id for r in recipients], warm + args.reps + drained, args.size))
-    for _ in range(warm):  # last_seen_at recorded, statements and caches warm
-        api.post("/api/v1/dms/send", next(bodies)[1], sender)
-    out = {"send": timed(lambda _: api.post("/api/v1/dms/send", next(bodies)[1], sender), args.reps)}
-    for _ in range(drained):  # untimed: the mailbox the drain reads
-        api.post("/api/v1/dms/send", next(bodies)[1], sender)
-    reader = recipients[0]
-    page: dict = {}
-
-    def sync(_):
-        page.update(api.post("/api/v1/dms/sync", {"limit": SYNC_LIMIT}, reader))
-
-    def ack(_):
-        api.post("/api/v1/dms/ack", {"message_ids": [m["message_id"] for m in page["messages"]]}, reader)
-
-    syncs, acks = [], []
-    for _ in range(args.drain_reps):  # sync a page of 500, then ACK it: the mailbox drains by pages
-        syncs.append(timed(sync, 1))
-        if len(page["messages"]) != SYNC_LIMIT:
-            raise RuntimeError(f"sync gave {len(page['messages'])} messages, expected {SYNC_LIMIT}")
-        acks.append(timed(ack, 1))
-    out["sync"], out["ack"] = merge(syncs), merge(acks)
-    out["directory"] = timed(lambda _: api.get(f"/api/v1/users/{recipients[0].user_id}/devices", sender), args.reps)
     first = api.get(f"/api/v1/dms/conversations?limit={LIST_PAGE}", sender)
     if not first["has_more"]:
         raise RuntimeError("the conversation list has one page only")
-    out["conversations"] = timed(  # the second page: the cursor path
-        lambda _: api.get(f"/api/v1/dms/conversations?limit={LIST_PAGE}&after={first['cursor']}", sender), args.reps)
-    return out, {"conv": conv, "sender": sender, "recipients": recipients}
+    warm = 20
+    bodies = iter(build_sends(sender, conv, [r.id for r in recipients], warm + args.reps, args.size))
+    drain = build_sends(sender, conv, [r.id for r in recipients], SYNC_LIMIT * args.drain_reps, args.size)
+    for _ in range(warm):  # last_seen_at recorded, statements and caches warm
+        api.post("/api/v1/dms/send", next(bodies)[1], sender)
+    return {"conv": conv, "sender": sender, "recipients": recipients, "bodies": bodies, "drain": drain,
+            "list_cursor": first["cursor"], "page": {}}
 
 
-def merge(runs: list[dict]) -> dict:
-    return {"cpu_ms": statistics.median(r["cpu_ms"] for r in runs),
-            "wall_ms": statistics.median(r["wall_ms"] for r in runs), "queries": runs[-1]["queries"], "n": len(runs)}
+def measure(dbs: Databases, api: Api, fixtures: dict, args) -> dict:
+    """Each operation on both databases in turn: {"empty": {op: figures}, "full": {...}}."""
+    samples: dict = {name: {} for name in dbs.NAMES}
+
+    def both(op: str, call, reps: int) -> None:
+        for rep in range(reps):
+            for name in dbs.in_turn(rep):
+                dbs.use(name)
+                samples[name].setdefault(op, []).append(call_timed(lambda: call(fixtures[name])))
+
+    both("send", lambda fx: api.post("/api/v1/dms/send", next(fx["bodies"])[1], fx["sender"]), args.reps)
+    for name in dbs.NAMES:  # untimed: the mailbox the drain reads
+        dbs.use(name)
+        for _, body in fixtures[name]["drain"]:
+            api.post("/api/v1/dms/send", body, fixtures[name]["sender"])
+
+    def sync(fx):
+        fx["page"] = api.post("/api/v1/dms/sync", {"limit": SYNC_LIMIT}, fx["recipients"][0])
+        if len(fx["page"]["messages"]) != SYNC_LIMIT:
+            raise RuntimeError(f"sync gave {len(fx['page']['messages'])} messages, expected {SYNC_LIMIT}")
+
+    def ack(fx):
+        api.post("/api/v1/dms/ack", {"message_ids": [m["message_id"] for m in fx["page"]["messages"]]},
+                 fx["recipients"][0])
+
+    for rep in range(args.drain_reps):  # a page of 500 synced, then ACKed: the mailbox drains by pages
+        for name in dbs.in_turn(rep):
+            dbs.use(name)
+            samples[name].setdefault("sync", []).append(call_timed(lambda: sync(fixtures[name])))
+            samples[name].setdefault("ack", []).append(call_timed(lambda: ack(fixtures[name])))
+    both("directory", lambda fx: api.get(f"/api/v1/users/{fx['recipients'][0].user_id}/devices", fx["sender"]),
+         args.reps)
+    both("conversations", lambda fx: api.get(  # the second page: the cursor path
+        f"/api/v1/dms/conversations?limit={LIST_PAGE}&after={fx['list_cursor']}", fx["sender"]), args.reps)
+    return {name: {op: summary(s) for op, s in ops.items()} for name, ops in samples.items()}
 
 
 OPS = [("send", "send ({k} recipients)"), ("sync", "sync 500"), ("ack", "ACK 500"),
@@ -157,32 +191,49 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.alarm(args.timeout)
     started = time.perf_counter()
-    database = BenchDatabase()
+    databases = []
     try:
-        database.manage("shell", "-c", BENCH_SETTINGS.format(
-            k=args.recipients, size=ciphertext_len(args.size),
-            request=2 * ciphertext_len(args.size) + 200 * args.recipients))
-        django_setup(database)
+        for _ in Databases.NAMES:
+            databases.append(BenchDatabase())
+            databases[-1].manage("shell", "-c", BENCH_SETTINGS.format(
+                k=args.recipients, size=ciphertext_len(args.size),
+                request=2 * ciphertext_len(args.size) + 200 * args.recipients))
+        django_setup(databases[0])
+        dbs = Databases(*databases)
         from django.utils import timezone
 
-        print(f"decentcom scale bench: in-process on a fresh {database.engine} database, DEBUG={database.env['DEBUG']}; "
-              f"median of N={args.reps} (sync/ACK: {args.drain_reps} pages); CPU is this process's", flush=True)
-        result: dict = {"engine": database.engine, "recipients": args.recipients, "reps": args.reps,
+        engine = databases[0].engine
+        print(f"decentcom scale bench: in-process on two fresh {engine} databases, an empty and a full one, called "
+              f"in turn; DEBUG={databases[0].env['DEBUG']}; median of N={args.reps} (sync/ACK: {args.drain_reps} "
+              "pages); CPU is this process's", flush=True)
+        result: dict = {"engine": engine, "recipients": args.recipients, "reps": args.reps,
                         "drain_reps": args.drain_reps}
-        # A first round, not counted: imports, statement caches and the first requests weigh on it.
-        phase(argparse.Namespace(**{**vars(args), "reps": 10, "drain_reps": 1}))
-        result["empty"], _ = phase(args)
+        dbs.use("full")
         t0 = time.perf_counter()
         result["filled"] = fill_server(users=args.users, conversations=args.conversations,
                                        deliveries=args.deliveries, now=timezone.now())
         result["fill_s"] = time.perf_counter() - t0
         print(f"filled in {result['fill_s']:.0f} s: {result['filled']}", flush=True)
-        result["full"], fixture = phase(args)
+        api = Api()
+        fixtures = {}
+        for name in dbs.NAMES:
+            dbs.use(name)
+            fixtures[name] = prepare(api, args)
+        from devices.models import User
+
+        users = {}
+        for name in dbs.NAMES:
+            dbs.use(name)
+            users[name] = User.objects.count()
+        if not users["empty"] < args.users <= users["full"]:
+            raise RuntimeError(f"the calls do not reach the database meant: {users} users")
+        result.update(measure(dbs, api, fixtures, args))
         result["ratio"] = {key: {"cpu": result["full"][key]["cpu_ms"] / result["empty"][key]["cpu_ms"],
                                  "wall": result["full"][key]["wall_ms"] / result["empty"][key]["wall_ms"]}
                            for key, _ in OPS}
         if args.purge_rows:
-            result["purge"] = purge(args, fixture)
+            dbs.use("full")
+            result["purge"] = purge(args, fixtures["full"])
         result["bench_seconds"] = time.perf_counter() - started
         print(table(result))
         print(f"(bench ran {result['bench_seconds']:.0f} s)")
@@ -192,8 +243,11 @@ def main() -> int:
         return 0
     finally:
         signal.alarm(0)
-        database.close()
+        from django.db import connections
 
+        connections.close_all()  # before PostgreSQL drops the databases
+        for database in databases:
+            database.close()
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,11 +80,10 @@ def sessions(n: int) -> list[str]:
 
 async def hold(url: str, tokens: list[str], report) -> None:
     from websockets.asyncio.client import connect
-
-    from websockets.exceptions import InvalidHandshake
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
     gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
-    opened, closed, retries = [], {}, []
+    opened, closed, retries = set(), {}, []
 
     async def open_one(token: str):
         for attempt in range(CONNECT_TRIES):
@@ -101,28 +101,36 @@ async def hold(url: str, tokens: list[str], report) -> None:
                 await asyncio.sleep(0.5 * 2 ** attempt)
 
     async def one(token: str):
-        async with gate:
-            ws = await open_one(token)
-            opened.append(ws)
-        try:
-            async for text in ws:
-                if json.loads(text)["op"] == "HEARTBEAT":
-                    await ws.send('{"op": "HEARTBEAT_ACK"}')
-        finally:
-            code = ws.close_code
-            closed[code] = closed.get(code, 0) + 1
+        while True:  # a connection the server closes comes back, as a client's would
+            async with gate:
+                ws = await open_one(token)
+            opened.add(ws)
+            try:
+                async for text in ws:
+                    if json.loads(text)["op"] == "HEARTBEAT":
+                        await ws.send('{"op": "HEARTBEAT_ACK"}')
+            except ConnectionClosed:
+                pass
+            finally:
+                opened.discard(ws)
+                closed[ws.close_code] = closed.get(ws.close_code, 0) + 1
+            if stopping:
+                return
 
+    stopping = False
     tasks = [asyncio.create_task(one(t)) for t in tokens]
-    while len(opened) + sum(closed.values()) < len(tokens) and not any(t.done() and t.exception() for t in tasks):
+    while len(opened) < len(tokens) and not any(t.done() for t in tasks):
         await asyncio.sleep(0.2)
-    failed = [t.exception() for t in tasks if t.done() and t.exception()]
-    report({"opened": len(opened), "failed": [repr(e)[:200] for e in failed[:3]], "closed": closed,
+    failed = [t.exception() for t in tasks if t.done()]
+    report({"opened": len(opened), "failed": [repr(e)[:200] for e in failed[:3]], "closed": dict(closed),
             "retries": len(retries)})
+    before = dict(closed)
     # Held until the parent closes stdin.
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    report({"opened": len(opened), "closed_meanwhile": dict(closed)})
-    for ws in opened:
-        await ws.close()
+    stopping = True
+    report({"opened": len(opened), "closed_meanwhile": {c: n - before.get(c, 0) for c, n in closed.items()
+                                                        if n > before.get(c, 0)}})
+    await asyncio.gather(*(ws.close() for ws in list(opened)))
 
 
 def client_main(url: str, token_file: str) -> int:
@@ -145,6 +153,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.client:
         return client_main(*args.client)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally below cleans up
     hard = raise_nofile()
     if args.connections + 100 > hard:
         parser.error(f"{args.connections} connections need more open files than the hard limit {hard} "
@@ -176,6 +185,7 @@ def main() -> int:
         connect_s = time.perf_counter() - t0
         opened = sum(r["opened"] for r in reports)
         retried = sum(r["retries"] for r in reports)
+        reconnected = {code: n for r in reports for code, n in r["closed"].items()}
         if opened != args.connections:
             raise RuntimeError(f"only {opened} of {args.connections} connections opened: {reports}")
         connected = memory_kib(server.pid)
@@ -193,12 +203,13 @@ def main() -> int:
             "rss_before_mib": before["VmRSS"] / 1024, "rss_connected_mib": connected["VmRSS"] / 1024,
             "rss_after_idle_mib": after["VmRSS"] / 1024, "hwm_mib": after["VmHWM"] / 1024,
             "kib_per_connection": (after["VmRSS"] - before["VmRSS"]) / args.connections,
-            "connect_retries": retried, "idle_cpu_percent": idle_cpu * 100, "idle_s": args.idle,
+            "connect_retries": retried, "closed_while_connecting": reconnected, "idle_cpu_percent": idle_cpu * 100, "idle_s": args.idle,
             "closed_while_idle": dropped,
         }
         ok = "ok" if result["hwm_mib"] <= TARGET_MIB else "OVER"
         print(f"  sessions made in {sessions_s:.1f} s; connected in {connect_s:.1f} s "
-              f"({result['connects_per_s']:,.0f}/s; {retried} handshakes retried)\n"
+              f"({result['connects_per_s']:,.0f}/s; {retried} handshakes retried; closed by the server meanwhile and "
+              f"reconnected: {reconnected or 'none'})\n"
               f"  daphne VmRSS: {result['rss_before_mib']:.0f} MiB before, {result['rss_connected_mib']:.0f} MiB "
               f"connected, {result['rss_after_idle_mib']:.0f} MiB after {args.idle:.0f} s idle; VmHWM "
               f"{result['hwm_mib']:.0f} MiB (<= {TARGET_MIB} {ok})\n"

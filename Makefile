@@ -16,7 +16,7 @@ NODE_OK := $(shell node -e 'process.exit(Number(process.versions.node.split(".")
 WEB_SOURCES := $(shell find web/src web/public -type f -not -name '*.test.ts' 2>/dev/null) \
 	web/index.html web/vite.config.ts web/tsconfig.json
 
-.PHONY: setup web migrate run test test-web-unit bench superuser clean
+.PHONY: setup web migrate run test test-web-unit bench bench-scale superuser clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,12 @@ endif
 # big database are bench-scale's); BENCH_ARGS="--json out.json" also writes the figures.
 bench: setup
 	$(BIN)/python -m bench.mailbox $(BENCH_ARGS)
+
+# Issue 13's server size: the hot paths on an empty and a filled database (a few minutes,
+# about 1 GB of disk while it runs), then 10,000 idle gateway connections on one daphne.
+bench-scale: setup
+	$(BIN)/python -m bench.scale $(BENCH_SCALE_ARGS)
+	$(BIN)/python -m bench.idle $(BENCH_IDLE_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis web/node_modules web/dist

@@ -76,7 +76,7 @@ def gateway_authenticate(*, authorization: bytes, ticket: str | None) -> AuthSes
 # master sessions of a user together at most
 # `max_gateway_master_connections_per_user` (§9). A slot is a cache key (Redis
 # when REDIS_URL is set, so the limit holds across processes) claimed
-# atomically with `add` and leased: renewed at each answered heartbeat, so the
+# atomically with `add` and leased: renewed every heartbeat interval while open, so the
 # slots of a crashed process free themselves within one lease.
 
 def _slot_key(holder: str, slot: int) -> str:
@@ -107,12 +107,15 @@ def gateway_slot_claim(*, user_id: str, device_id: str | None, owner: str) -> tu
     return False, None
 
 
-def gateway_slot_renew(*, key: str, owner: str) -> None:
-    try:
-        if not cache.touch(key, timeout=_slot_lease_s()):
-            cache.add(key, owner, timeout=_slot_lease_s())
-    except Exception as exc:  # noqa: BLE001
-        logger.warning("gateway slot not renewed: %s", type(exc).__name__)
+def gateway_slots_renew(*, slots: dict[str, str]) -> None:
+    """Renew the leases of these slots (key -> owner), all of a process's at once."""
+    for key, owner in slots.items():
+        try:
+            if not cache.touch(key, timeout=_slot_lease_s()):
+                cache.add(key, owner, timeout=_slot_lease_s())
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            logger.warning("gateway slots not renewed: %s", type(exc).__name__)
+            return
 
 
 def gateway_slot_release(*, key: str, owner: str) -> None:

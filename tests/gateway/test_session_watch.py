@@ -2,14 +2,19 @@
 query for the live sessions of all a process's connections, and the right
 close code for each that ended."""
 import datetime as dt
+import os
+from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.utils import timezone
 
 from devices.models import AuthSession, Device
 from devices.selectors import token_sha256
 from gateway.selectors import CHECK_CHUNK, CLOSE_AUTH_FAILED, CLOSE_REVOKED, gateway_sessions_ended
 from tests.factories import make_person
+from tests.gateway.wsutil import close_all, connect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,3 +58,24 @@ def test_each_ended_session_gets_its_close_code():
     assert gateway_sessions_ended(sessions=watched(live, logged_out, revoked, expired, suspended, master)) == {
         logged_out.pk: CLOSE_AUTH_FAILED, revoked.pk: CLOSE_REVOKED, expired.pk: CLOSE_AUTH_FAILED,
         suspended.pk: CLOSE_REVOKED}
+
+
+@pytest.mark.skipif(bool(settings.REDIS_URL), reason="counts the embedded cache's SQLite files")
+def test_connections_share_one_slot_cache_connection():
+    # django.core.cache.cache is one backend per asyncio context: through it,
+    # each open connection kept a SQLite connection (two descriptors) of its own.
+    alice = make_person(4)
+    cache_file = settings.CACHES["default"]["LOCATION"]
+
+    def cache_fds() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd).startswith(cache_file))
+
+    async def scenario():
+        comms = [(await connect(d.client.token))[0] for d in alice.devices]
+        opened = cache_fds()
+        await close_all(*comms)
+        return opened
+
+    before = cache_fds()
+    assert async_to_sync(scenario)() - before <= 2  # at most the one connection of the one thread

@@ -172,10 +172,11 @@ def main() -> int:
         tokens = sessions(args.connections)
         sessions_s = time.perf_counter() - t0
         server = BenchServer(database)
-        before = memory_kib(server.pid)
+        daphne = server.pids[1]  # the worker: server.pid is decentcom.serve's supervising parent
+        before = memory_kib(daphne)
         ws_url = server.url.replace("http://", "ws://") + "/api/v1/gateway"
         layer = "redis" if os.environ.get("REDIS_URL") else "in-memory"
-        print(f"decentcom idle gateway bench: {args.connections:,} connections to one daphne (pid {server.pid}) "
+        print(f"decentcom idle gateway bench: {args.connections:,} connections to one daphne (pid {daphne}) "
               f"on a fresh {database.engine} database, channel layer {layer}, from {args.clients} client processes",
               flush=True)
         t0 = time.perf_counter()
@@ -194,11 +195,11 @@ def main() -> int:
         failures = [f for r in reports for f in r["failed"]]
         if opened == 0:
             raise RuntimeError(f"no connection opened: {reports}")
-        connected = memory_kib(server.pid)
-        cpu0 = cpu_seconds(server.pid)
+        connected = memory_kib(daphne)
+        cpu0 = cpu_seconds(daphne)
         time.sleep(args.idle)
-        idle_cpu = (cpu_seconds(server.pid) - cpu0) / args.idle
-        after = memory_kib(server.pid)
+        idle_cpu = (cpu_seconds(daphne) - cpu0) / args.idle
+        after = memory_kib(daphne)
         for c in clients:
             c.stdin.close()
         ends = [json.loads(c.stdout.readline()) for c in clients]

@@ -1,3 +1,4 @@
+from django.db.models import Q
 from django.utils import timezone
 
 from devices.models import AuthSession, Device
@@ -29,6 +30,27 @@ def gateway_session_close_code(*, session_id: int, device_pk: int | None) -> int
         if device is None or not device.is_active() or device.user.is_suspended:
             return CLOSE_REVOKED
     return CLOSE_AUTH_FAILED
+
+
+CHECK_CHUNK = 500  # ids per query: under SQLite's bound-parameter limit
+
+
+def gateway_sessions_ended(*, sessions: dict[int, int | None]) -> dict[int, int]:
+    """Of these connections' sessions (session id -> device pk), the ended
+    ones and the code to close each with. One query per CHECK_CHUNK live
+    sessions; an ended one (rare) costs its own lookup for the code."""
+    now = timezone.now()
+    ids = list(sessions)
+    live = set()
+    for i in range(0, len(ids), CHECK_CHUNK):
+        live.update(AuthSession.objects.filter(
+            Q(device__isnull=True) | Q(device__revoked_at__isnull=True)
+            & (Q(device__expires_at__isnull=True) | Q(device__expires_at__gt=now)),
+            pk__in=ids[i:i + CHECK_CHUNK], expires_at__gt=now, user__is_active=True, user__suspended_at__isnull=True,
+        ).values_list("pk", flat=True))
+    ended = {session_id: gateway_session_close_code(session_id=session_id, device_pk=device_pk)
+             for session_id, device_pk in sessions.items() if session_id not in live}
+    return {session_id: code for session_id, code in ended.items() if code is not None}
 
 
 def gateway_hello_get(*, session_id: int) -> dict | None:

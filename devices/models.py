@@ -64,7 +64,8 @@ class Device(models.Model):
     """A device key certified by its user's master key (§2)."""
 
     device_id = models.CharField(max_length=44, unique=True)
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices")
+    # No index of its own: devices_user_revoked leads with it.
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="devices", db_index=False)
     name = models.CharField(max_length=64)
     certificate = models.JSONField()
     permissions = models.JSONField(default=list)

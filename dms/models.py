@@ -94,8 +94,10 @@ class Conversation(models.Model):
 
 
 class ConversationMember(models.Model):
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="members")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dm_memberships")
+    # No index of their own: the unique constraint and dm_member_user lead with each.
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="members", db_index=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dm_memberships",
+                             db_index=False)
     joined_at = models.DateTimeField()
 
     class Meta:
@@ -108,7 +110,8 @@ class PendingDm(models.Model):
     """One encrypted message, stored once whatever the number of recipients."""
 
     message_id = models.UUIDField(primary_key=True)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # No index of its own: pending_dms_conv_time leads with it.
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False)
     sender_device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
     epoch = models.PositiveBigIntegerField()
     key_id = models.CharField(max_length=44)
@@ -135,7 +138,8 @@ class PendingDm(models.Model):
 class Delivery(models.Model):
     """One target device's copy: its key wrap and whether it has ACKed."""
 
-    message = models.ForeignKey(PendingDm, on_delete=models.CASCADE, related_name="deliveries")
+    # No index of its own (one less for each send to write): the unique constraint leads with it.
+    message = models.ForeignKey(PendingDm, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="dms_deliveries")
     wrap_nonce = models.CharField(max_length=16, null=True)
     wrapped_key = models.CharField(max_length=64, null=True)

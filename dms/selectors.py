@@ -283,11 +283,11 @@ def delivery_counts_for_messages(*, db_ids: list, ending: tuple[str, list] | Non
     extra = f", COUNT(CASE WHEN {ending[0]} THEN 1 END)" if ending else ""
     with connection.cursor() as cursor:
         for start in range(0, len(db_ids), MAX_IDS_PER_STATEMENT):
-            ids = db_ids[start:start + MAX_IDS_PER_STATEMENT]
+            among, ids = sql.among("message_id", db_ids[start:start + MAX_IDS_PER_STATEMENT])
             cursor.execute(
                 "SELECT c.*, u.conversation_id, su.username FROM ("
                 f"SELECT message_id, {_COUNT_COLUMNS}{extra} FROM dm_delivery_states "
-                f"WHERE message_id IN ({sql.placeholders(len(ids))}) GROUP BY message_id) c "
+                f"WHERE {among} GROUP BY message_id) c "
                 "JOIN dm_used_message_ids u ON u.message_id = c.message_id "
                 "JOIN devices sd ON sd.id = u.sender_device_id JOIN users su ON su.id = sd.user_id",
                 [*(ending[1] if ending else ()), *ids])

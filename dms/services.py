@@ -271,13 +271,12 @@ def messages_delete(*, message_ids: list) -> int:
     gone_at = sql.dt_param(timezone.now())
     with connection.cursor() as cursor:
         for start in range(0, len(message_ids), MAX_IDS_PER_STATEMENT):
-            ids = [sql.uuid_param(m) for m in message_ids[start:start + MAX_IDS_PER_STATEMENT]]
-            marks = sql.placeholders(len(ids))
-            cursor.execute(f"DELETE FROM dm_deliveries WHERE message_id IN ({marks})", ids)
-            cursor.execute(f"DELETE FROM pending_dms WHERE message_id IN ({marks})", ids)
+            chunk = [sql.uuid_param(m) for m in message_ids[start:start + MAX_IDS_PER_STATEMENT]]
+            among, ids = sql.among("message_id", chunk)
+            cursor.execute(f"DELETE FROM dm_deliveries WHERE {among}", ids)
+            cursor.execute(f"DELETE FROM pending_dms WHERE {among}", ids)
             deleted += cursor.rowcount
-            cursor.execute(f"UPDATE dm_used_message_ids SET message_gone_at = %s WHERE message_id IN ({marks})",
-                           [gone_at, *ids])
+            cursor.execute(f"UPDATE dm_used_message_ids SET message_gone_at = %s WHERE {among}", [gone_at, *ids])
     return deleted
 
 
@@ -337,9 +336,9 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
                 entry["counts"][state] += n
                 changed[message_id] = entry
         with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE dm_delivery_states SET state = %s, reason = %s, at = %s "
-                           f"WHERE message_id IN ({sql.placeholders(len(ids))}) AND {ending}",
-                           [state, reason, sql.dt_param(at), *ids, *params])
+            among, id_params = sql.among("message_id", ids)
+            cursor.execute(f"UPDATE dm_delivery_states SET state = %s, reason = %s, at = %s WHERE {among} AND {ending}",
+                           [state, reason, sql.dt_param(at), *id_params, *params])
         if changed:
             dm_status_on_commit(statuses=changed)
 

@@ -57,6 +57,18 @@ def group():
     return alice, bob, carol, conv
 
 
+def test_the_counter_triggers_survive_the_migrations():
+    """A migration that makes Django rebuild dm_deliveries on SQLite (most field
+    changes) drops migration 0007's triggers without a word."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'dm_deliveries'")
+        else:
+            cursor.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'dm_deliveries'::regclass AND NOT tgisinternal")
+        names = {row[0] for row in cursor.fetchall()}
+    assert names == {f"dm_deliveries_mailbox_{op}" for op in ("insert", "update", "delete")}
+
+
 def test_send_and_ack_keep_the_counters(group):
     alice, bob, carol, conv = group
     ids = send_many(alice.device, conv, 3)

@@ -15,7 +15,23 @@ import sqlite3
 import threading
 import time
 
+from django.conf import settings
+from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+
+_shared: tuple[dict, BaseCache] | None = None
+
+
+def shared() -> BaseCache:
+    """One backend per process for the counters (rate limits, gateway slots).
+    `django.core.cache.cache` is one per asyncio context: every request and
+    every open WebSocket built its own (a SQLite connection, or a Redis
+    connection pool, about 100 KiB each)."""
+    global _shared
+    if _shared is None or _shared[0] is not settings.CACHES:  # anew after override_settings
+        _shared = (settings.CACHES, caches.create_connection("default"))
+    return _shared[1]
+
 
 NEVER = 2.0 ** 62
 PURGE_EVERY_WRITES = 1000  # expired keys are deleted now and then, by whichever process writes

@@ -9,7 +9,8 @@ import time
 from collections.abc import Mapping
 
 from django.conf import settings
-from django.core.cache import cache
+
+from decentcom.cache import shared as shared_cache
 
 logger = logging.getLogger("decentcom.ratelimit")
 
@@ -22,6 +23,7 @@ def rate_limit_hit(*, scope: str, key: str, limit: int, window_s: int) -> int | 
     window = int(now // window_s)
     cache_key = f"rl:{scope}:{key}:{window}"
     try:
+        cache = shared_cache()
         count = 1 if cache.add(cache_key, 1, timeout=window_s + 1) else cache.incr(cache_key)
     except Exception as exc:  # noqa: BLE001 - any cache failure fails open
         logger.warning("rate limit %s unchecked: %s", scope, type(exc).__name__)

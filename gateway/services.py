@@ -5,10 +5,10 @@ import math
 import secrets
 
 from django.conf import settings
-from django.core.cache import BaseCache, caches
 from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed
 
+from decentcom.cache import shared as shared_cache
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
 from devices.auth import bearer_token
@@ -79,20 +79,6 @@ def gateway_authenticate(*, authorization: bytes, ticket: str | None) -> AuthSes
 # atomically with `add` and leased: renewed every heartbeat interval while open, so the
 # slots of a crashed process free themselves within one lease.
 
-_slot_cache: tuple[dict, BaseCache] | None = None
-
-
-def _slots() -> BaseCache:
-    """One cache backend per process for the slots. `django.core.cache.cache`
-    is one per asyncio context, so every open connection built and kept its
-    own: a SQLite connection (two file descriptors and its page cache), or a
-    Redis connection pool, about 100 KiB each."""
-    global _slot_cache
-    if _slot_cache is None or _slot_cache[0] is not settings.CACHES:  # anew after override_settings
-        _slot_cache = (settings.CACHES, caches.create_connection("default"))
-    return _slot_cache[1]
-
-
 def _slot_key(holder: str, slot: int) -> str:
     return f"gw:slot:{holder}:{slot}"
 
@@ -113,7 +99,7 @@ def gateway_slot_claim(*, user_id: str, device_id: str | None, owner: str) -> tu
     try:
         for slot in range(limit):
             key = _slot_key(holder, slot)
-            if _slots().add(key, owner, timeout=_slot_lease_s()):
+            if shared_cache().add(key, owner, timeout=_slot_lease_s()):
                 return True, key
     except Exception as exc:  # noqa: BLE001 - any cache failure fails open
         logger.warning("gateway connection limit unchecked: %s", type(exc).__name__)
@@ -125,8 +111,8 @@ def gateway_slots_renew(*, slots: dict[str, str]) -> None:
     """Renew the leases of these slots (key -> owner), all of a process's at once."""
     for key, owner in slots.items():
         try:
-            if not _slots().touch(key, timeout=_slot_lease_s()):
-                _slots().add(key, owner, timeout=_slot_lease_s())
+            if not shared_cache().touch(key, timeout=_slot_lease_s()):
+                shared_cache().add(key, owner, timeout=_slot_lease_s())
         except Exception as exc:  # noqa: BLE001 - the next round tries again
             logger.warning("gateway slots not renewed: %s", type(exc).__name__)
             return
@@ -134,7 +120,7 @@ def gateway_slots_renew(*, slots: dict[str, str]) -> None:
 
 def gateway_slot_release(*, key: str, owner: str) -> None:
     try:
-        if _slots().get(key) == owner:
-            _slots().delete(key)
+        if shared_cache().get(key) == owner:
+            shared_cache().delete(key)
     except Exception as exc:  # noqa: BLE001 - the lease frees it later
         logger.warning("gateway slot not released: %s", type(exc).__name__)

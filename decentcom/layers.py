@@ -52,6 +52,7 @@ class ProcessChannelLayer(InMemoryChannelLayer):
         self._listening: tuple[asyncio.AbstractEventLoop, asyncio.AbstractServer, Path] | None = None
         self._local = threading.local()  # this thread's connections: socket path -> socket
         self._cleaned_at = 0.0
+        self._socket_list: tuple[int, float, list[Path]] | None = None
 
     def _clean_expired(self):
         # The in-memory layer sweeps on every send and receive: O(connections)
@@ -105,12 +106,23 @@ class ProcessChannelLayer(InMemoryChannelLayer):
 
     async def group_send(self, group, message):
         await super().group_send(group, message)
-        body = json.dumps([group, message], separators=(",", ":")).encode()
-        frame = HEADER.pack(len(body)) + body
         own = self._listening[2] if self._listening else None
-        for path in self.folder.glob("*.sock"):
-            if path != own:
+        others = [path for path in self._sockets() if path != own]
+        if others:
+            body = json.dumps([group, message], separators=(",", ":")).encode()
+            frame = HEADER.pack(len(body)) + body
+            for path in others:
                 self._send_to(path, frame)
+
+    def _sockets(self) -> list[Path]:
+        """The folder's sockets, listed again when the folder changed (a socket
+        made or removed changes its mtime) and at least once a second (an mtime
+        tick is coarse: two changes in one tick look like one): a stat, not a
+        listing, per send."""
+        mtime, now = self.folder.stat().st_mtime_ns, time.monotonic()
+        if self._socket_list is None or self._socket_list[0] != mtime or now - self._socket_list[1] >= 1.0:
+            self._socket_list = (mtime, now, list(self.folder.glob("*.sock")))
+        return self._socket_list[2]
 
     def _send_to(self, path: Path, frame: bytes) -> None:
         connections = self._local.__dict__.setdefault("connections", {})

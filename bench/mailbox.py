@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.server import BenchDatabase, BenchServer, cpu_seconds, peak_rss_bytes, pid_listening_on
+from bench.server import BenchDatabase, BenchServer, cpu_seconds, peak_rss_bytes, pid_listening_on, stop_after
 from dmclient import protocol
 
 # The peer: Synapse 1.163 on SQLite, to-device messages, rate limits off, doing this bench's default job
@@ -836,12 +836,7 @@ def main() -> int:
     if args.url and urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url must be on loopback")
 
-    def on_timeout(*_):
-        raise TimeoutError(f"the bench ran over {args.timeout} s")
-
-    signal.signal(signal.SIGALRM, on_timeout)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.alarm(args.timeout)
+    stop_after(args.timeout)
     bench_started = time.perf_counter()
     database = BenchDatabase()
     try:

@@ -25,7 +25,7 @@ import time
 from bench.fill import fill_server
 from bench.mailbox import (BENCH_SETTINGS, SYNC_LIMIT, InProcess, build_sends, ciphertext_len, django_setup,
                            new_devices, purge)
-from bench.server import BenchDatabase
+from bench.server import BenchDatabase, stop_after
 
 TARGET_RATIO = 1.20  # full / empty
 TARGET_PURGE = 0.7  # service speed / raw SQL speed
@@ -184,12 +184,7 @@ def main() -> int:
     if min(args.reps, args.drain_reps, args.recipients, args.users) < 1:
         parser.error("--reps, --drain-reps, --recipients and --users must be positive")
 
-    def on_timeout(*_):
-        raise TimeoutError(f"the bench ran over {args.timeout} s")
-
-    signal.signal(signal.SIGALRM, on_timeout)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    signal.alarm(args.timeout)
+    stop_after(args.timeout)
     started = time.perf_counter()
     databases = []
     try:

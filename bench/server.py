@@ -6,6 +6,7 @@ Everything is removed again by `close()`; nothing touches a developer's data."""
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -114,6 +115,17 @@ class BenchServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def stop_after(seconds: int) -> None:
+    """A bench's guard: TimeoutError after `seconds`, and SIGTERM as an exit,
+    so that its `finally` stops the server and drops the database either way."""
+    def on_timeout(*_):
+        raise TimeoutError(f"the bench ran over {seconds} s")
+
+    signal.signal(signal.SIGALRM, on_timeout)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.alarm(seconds)
 
 
 # --- a server process seen from outside -------------------------------------------

@@ -175,7 +175,7 @@ def main() -> int:
         daphne = server.pids[1]  # the worker: server.pid is decentcom.serve's supervising parent
         before = memory_kib(daphne)
         ws_url = server.url.replace("http://", "ws://") + "/api/v1/gateway"
-        layer = "redis" if os.environ.get("REDIS_URL") else "in-memory"
+        layer = "redis" if os.environ.get("REDIS_URL") else "embedded (Unix sockets)"
         print(f"decentcom idle gateway bench: {args.connections:,} connections to one daphne (pid {daphne}) "
               f"on a fresh {database.engine} database, channel layer {layer}, from {args.clients} client processes",
               flush=True)

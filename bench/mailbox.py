@@ -842,7 +842,7 @@ def main() -> int:
     try:
         database.manage("shell", "-c", BENCH_SETTINGS.format(
             k=args.recipients, size=ciphertext_len(args.size), request=2 * ciphertext_len(args.size) + 200 * args.recipients))
-        layer = "redis" if os.environ.get("REDIS_URL") else "in-memory"
+        layer = "redis" if os.environ.get("REDIS_URL") else "embedded (Unix sockets)"
         if args.url:
             where = f"server at {args.url}, its own settings and database (no mailbox-size phase)"
         else:

@@ -194,6 +194,16 @@ def send(sender: Device, body: dict):
     return sender.client.post("/api/v1/dms/send", body, format="json")
 
 
+def send_many(sender: Device, conversation: dict, n: int) -> list[str]:
+    """`n` messages sent, each answered 201; their ids in order."""
+    ids = []
+    for _ in range(n):
+        body = build_send(sender, conversation)
+        assert send(sender, body).status_code == 201
+        ids.append(body["message_id"])
+    return ids
+
+
 def sync(device: Device, **body) -> dict:
     response = device.client.post("/api/v1/dms/sync", body, format="json")
     assert response.status_code == 200, response.content

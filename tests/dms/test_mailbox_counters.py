@@ -15,7 +15,7 @@ from devices.services import device_revoke, user_suspend
 from dms.models import Conversation, Delivery, Mailbox, PendingDm
 from dms.selectors import server_settings_get
 from dms.services import conversation_remove_participant, dm_ack, dm_purge_expired
-from tests.factories import ack, build_send, create_conversation, make_person, send, sync
+from tests.factories import ack, build_send, create_conversation, make_person, send, send_many, sync
 
 pytestmark = pytest.mark.django_db
 DAY = dt.timedelta(days=1)
@@ -39,15 +39,6 @@ def pending_of(device) -> int:
 
 def db_device(device) -> Device:
     return Device.objects.get(device_id=device.id)
-
-
-def send_many(sender, conv, n) -> list[str]:
-    ids = []
-    for _ in range(n):
-        body = build_send(sender, conv)
-        assert send(sender, body).status_code == 201
-        ids.append(body["message_id"])
-    return ids
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from django.utils import timezone
 from devices.models import User
 from dms.selectors import delivery_status_for_user, server_settings_get
 from dms.services import dm_purge_expired
-from tests.factories import ack, build_send, create_conversation, make_person, send
+from tests.factories import ack, create_conversation, make_person, send_many
 from tests.gateway.wsutil import close_all, connect, next_op, silent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,15 +24,6 @@ def run(scenario):
 
 def counts(**n) -> dict:
     return {**NO_COUNTS, **n}
-
-
-def send_many(sender, conversation, n: int) -> list[str]:
-    ids = []
-    for _ in range(n):
-        body = build_send(sender, conversation)
-        assert send(sender, body).status_code == 201
-        ids.append(body["message_id"])
-    return ids
 
 
 async def next_status(comm) -> dict:

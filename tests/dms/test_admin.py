@@ -2,7 +2,6 @@ import re
 
 import pytest
 from django.db import connection
-from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from devices.models import Device
@@ -12,13 +11,6 @@ from dms.selectors import server_settings_get
 from tests.factories import build_send, create_conversation, make_person, send
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_client_(admin_user):
-    client = Client()
-    client.force_login(admin_user)
-    return client
 
 
 @pytest.fixture
@@ -43,9 +35,9 @@ def ciphertext_column_reads(queries) -> list[str]:
     return bad
 
 
-def test_pending_dm_admin_shows_metadata_only(admin_client_, message):
+def test_pending_dm_admin_shows_metadata_only(admin_client, message):
     with CaptureQueriesContext(connection) as ctx:
-        listing = admin_client_.get("/admin/dms/pendingdm/")
+        listing = admin_client.get("/admin/dms/pendingdm/")
     assert listing.status_code == 200
     assert not ciphertext_column_reads(ctx.captured_queries)
     page = listing.content.decode()
@@ -54,22 +46,22 @@ def test_pending_dm_admin_shows_metadata_only(admin_client_, message):
     assert f">{size}<" in page
     assert PendingDm.objects.get().ciphertext_sha256[:8] in page
     with CaptureQueriesContext(connection) as ctx:
-        detail = admin_client_.get(f"/admin/dms/pendingdm/{message['message_id']}/change/")
+        detail = admin_client.get(f"/admin/dms/pendingdm/{message['message_id']}/change/")
     assert detail.status_code == 200
     assert not ciphertext_column_reads(ctx.captured_queries)
     text = detail.content.decode()
     assert message["ciphertext"] not in text and message["signature"] not in text
     for recipient in message["recipients"]:
         assert recipient["key_wrap"]["wrapped_key"] not in text
-    assert admin_client_.get("/admin/dms/pendingdm/add/").status_code == 403
+    assert admin_client.get("/admin/dms/pendingdm/add/").status_code == 403
 
 
-def test_pending_dm_admin_shows_each_devices_delivery_state(admin_client_, message):
+def test_pending_dm_admin_shows_each_devices_delivery_state(admin_client, message):
     recipient = message["recipients"][0]["device_id"]
     device = Device.objects.get(device_id=recipient)
     dm_ack(device=device, message_ids=[], failed=[message["message_id"]])
     with CaptureQueriesContext(connection) as ctx:
-        detail = admin_client_.get(f"/admin/dms/pendingdm/{message['message_id']}/change/")
+        detail = admin_client.get(f"/admin/dms/pendingdm/{message['message_id']}/change/")
     assert detail.status_code == 200
     assert not ciphertext_column_reads(ctx.captured_queries)
     rows = re.findall(r"<tr><td>([^<]+)</td><td>[^<]+</td><td>(\w+)</td>", detail.content.decode())
@@ -77,31 +69,31 @@ def test_pending_dm_admin_shows_each_devices_delivery_state(admin_client_, messa
                                    for r in message["recipients"]])
 
 
-def test_conversation_admin_is_read_only(admin_client_, message):
-    assert admin_client_.get("/admin/dms/conversation/").status_code == 200
-    detail = admin_client_.get(f"/admin/dms/conversation/{message['conversation_id']}/change/")
+def test_conversation_admin_is_read_only(admin_client, message):
+    assert admin_client.get("/admin/dms/conversation/").status_code == 200
+    detail = admin_client.get(f"/admin/dms/conversation/{message['conversation_id']}/change/")
     assert detail.status_code == 200
-    assert admin_client_.get("/admin/dms/conversation/add/").status_code == 403
+    assert admin_client.get("/admin/dms/conversation/add/").status_code == 403
 
 
-def test_server_settings_edited_in_admin_take_effect_at_once(admin_client_):
-    response = admin_client_.get("/admin/dms/serversettings/")
+def test_server_settings_edited_in_admin_take_effect_at_once(admin_client):
+    response = admin_client.get("/admin/dms/serversettings/")
     assert response.status_code == 302
     form_url = response["Location"]
-    assert admin_client_.get(form_url).status_code == 200
+    assert admin_client.get(form_url).status_code == 200
     data = {f.name: getattr(server_settings_get(), f.name) for f in ServerSettings._meta.fields if f.name != "id"}
     data.update(max_ciphertext_bytes=512, allow_permanent="on")
-    response = admin_client_.post(form_url, data)
+    response = admin_client.post(form_url, data)
     assert response.status_code == 302, response.content
     assert server_settings_get().max_ciphertext_bytes == 512
     # an inconsistent setting is refused
     data.update(default_ttl_days=40, max_ttl_days=30)
-    response = admin_client_.post(form_url, data)
+    response = admin_client.post(form_url, data)
     assert response.status_code == 200 and server_settings_get().default_ttl_days == 14
 
 
-def test_admin_purge_button(admin_client_, message):
+def test_admin_purge_button(admin_client, message):
     PendingDm.objects.update(expires_at="2000-01-01T00:00:00Z")
-    response = admin_client_.post("/admin/dms/pendingdm/purge/")
+    response = admin_client.post("/admin/dms/pendingdm/purge/")
     assert response.status_code == 302
     assert not PendingDm.objects.exists()

@@ -19,13 +19,6 @@ from tests.factories import build_send, create_conversation, make_person, send
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def admin_client_(admin_user):
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
 def exchange(n_messages: int) -> list[dict]:
     alice, bob = make_person(1), make_person(2)
     conv = create_conversation(alice.device, [bob.id])
@@ -43,10 +36,10 @@ def dashboard_queries(client) -> tuple[str, int]:
     return response.content.decode(), len(ctx.captured_queries)
 
 
-def test_dashboard_shows_the_mailbox_in_a_fixed_number_of_queries(admin_client_):
+def test_dashboard_shows_the_mailbox_in_a_fixed_number_of_queries(admin_client):
     bodies = exchange(1)
     dm_purge_expired(now=timezone.now())
-    page_small, queries_small = dashboard_queries(admin_client_)
+    page_small, queries_small = dashboard_queries(admin_client)
 
     more = exchange(6)
     dm_purge_expired(now=timezone.now(), dry_run=True)
@@ -56,7 +49,7 @@ def test_dashboard_shows_the_mailbox_in_a_fixed_number_of_queries(admin_client_)
                                        .sender_device.user.username))
     # one delivery near the 30-day cap
     Delivery.objects.filter(message_id=more[1]["message_id"]).update(created_at=timezone.now() - dt.timedelta(days=25))
-    page, queries = dashboard_queries(admin_client_)
+    page, queries = dashboard_queries(admin_client)
 
     assert queries == queries_small  # whatever the number of rows
     assert 'id="dashboard"' in page
@@ -80,7 +73,7 @@ def test_dashboard_needs_the_view_permission_on_messages(django_user_model):
     assert 'id="dashboard"' not in page
 
 
-def test_each_purge_run_is_recorded_and_listed_read_only(admin_client_):
+def test_each_purge_run_is_recorded_and_listed_read_only(admin_client):
     exchange(1)
     as_of = timezone.now() + dt.timedelta(days=40)  # past every expiry
     counts = dm_purge_expired(now=as_of, dry_run=True)
@@ -90,29 +83,29 @@ def test_each_purge_run_is_recorded_and_listed_read_only(admin_client_):
     assert run.counts == counts and run.counts["expired_messages"] == 1 and run.as_of == as_of
     assert run.duration_ms >= 0 and run.started_at <= timezone.now()
 
-    listing = admin_client_.get("/admin/dms/purgerun/").content.decode()
+    listing = admin_client.get("/admin/dms/purgerun/").content.decode()
     assert "expired_messages 1" in listing
-    assert admin_client_.get("/admin/dms/purgerun/add/").status_code == 403
-    assert admin_client_.post(f"/admin/dms/purgerun/{run.pk}/delete/").status_code == 403
+    assert admin_client.get("/admin/dms/purgerun/add/").status_code == 403
+    assert admin_client.post(f"/admin/dms/purgerun/{run.pk}/delete/").status_code == 403
     # a month later the history forgets it
     PurgeRun.objects.update(started_at=timezone.now() - dt.timedelta(days=31))
     dm_purge_expired(now=timezone.now())
     assert PurgeRun.objects.count() == 1
 
 
-def test_conversation_admin_searches_by_id_and_participant(admin_client_):
+def test_conversation_admin_searches_by_id_and_participant(admin_client):
     alice, bob, carol = make_person(1), make_person(1), make_person(1)
     with_bob = create_conversation(alice.device, [bob.id])
     with_carol = create_conversation(alice.device, [carol.id])
     for query, found, missing in ((bob.id[:10], with_bob, with_carol), (with_carol["conversation_id"][:8], with_carol, with_bob),
                                   (with_bob["conversation_id"], with_bob, with_carol)):
-        page = admin_client_.get("/admin/dms/conversation/", {"q": query}).content.decode()
+        page = admin_client.get("/admin/dms/conversation/", {"q": query}).content.decode()
         assert found["conversation_id"] in page and missing["conversation_id"] not in page, query
 
 
-def test_max_request_bytes_says_which_limit_wins(admin_client_, settings):
+def test_max_request_bytes_says_which_limit_wins(admin_client, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100_000
     row = server_settings_get()
-    page = admin_client_.get(f"/admin/dms/serversettings/{row.pk}/change/").content.decode()
+    page = admin_client.get(f"/admin/dms/serversettings/{row.pk}/change/").content.decode()
     assert "the smaller of this and the environment's MAX_REQUEST_BYTES wins" in page
     assert "100,000 bytes: the smaller of max_request_bytes and the MAX_REQUEST_BYTES" in page

@@ -6,6 +6,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 from tests.live import free_port
 
@@ -108,3 +109,11 @@ class CuttableProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def daphne_behind_cuttable_proxy(daphne_factory, live_database):
+    """A server whose PostgreSQL connections run through a proxy the test can cut: (server, proxy)."""
+    upstream = urlsplit(live_database.url)
+    proxy = CuttableProxy(upstream.port or 5432)
+    via_proxy = urlunsplit(upstream._replace(netloc=f"{upstream.username}@127.0.0.1:{proxy.port}"))
+    return daphne_factory(extra_env={"DATABASE_URL": via_proxy}), proxy

@@ -8,14 +8,13 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 import websockets
 
 from tests.factories import build_send, create_conversation, make_person, send
-from tests.faults.services import CuttableProxy, PrivateRedis
+from tests.faults.services import PrivateRedis, daphne_behind_cuttable_proxy
 
 pytestmark = pytest.mark.live
 
@@ -46,10 +45,7 @@ def _concurrent_syncs(url: str, token: str) -> list[tuple[int, float, str]]:
 @pytest.mark.requires_postgres
 def test_database_down_answers_every_client_503_within_2s_and_serves_within_3s_of_return(
         daphne_factory, live_database):
-    upstream = urlsplit(live_database.url)
-    proxy = CuttableProxy(upstream.port or 5432)
-    via_proxy = urlunsplit(upstream._replace(netloc=f"{upstream.username}@127.0.0.1:{proxy.port}"))
-    server = daphne_factory(extra_env={"DATABASE_URL": via_proxy})
+    server, proxy = daphne_behind_cuttable_proxy(daphne_factory, live_database)
     alice, bob = make_person(1, base_url=server.url), make_person(1, base_url=server.url)
     conv = create_conversation(alice.device, [bob.id])
     token = bob.device.client.token

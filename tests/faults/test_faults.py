@@ -5,12 +5,11 @@ import signal
 import subprocess
 import sys
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
-from tests.faults.services import CuttableProxy, PrivateRedis
+from tests.faults.services import PrivateRedis, daphne_behind_cuttable_proxy
 from tests.factories import ack, build_send, create_conversation, make_person, send, sync
 from tests.live import BASE_DIR
 
@@ -55,10 +54,7 @@ def test_redis_stopped_sends_and_syncs_keep_working(daphne_factory, private_redi
 
 @pytest.mark.requires_postgres
 def test_database_unreachable_is_503_and_recovers(daphne_factory, live_database):
-    upstream = urlsplit(live_database.url)
-    proxy = CuttableProxy(upstream.port or 5432)
-    via_proxy = urlunsplit(upstream._replace(netloc=f"{upstream.username}@127.0.0.1:{proxy.port}"))
-    server = daphne_factory(extra_env={"DATABASE_URL": via_proxy})
+    server, proxy = daphne_behind_cuttable_proxy(daphne_factory, live_database)
     alice, bob = make_person(1, base_url=server.url), make_person(1, base_url=server.url)
     conv = create_conversation(alice.device, [bob.id])
 

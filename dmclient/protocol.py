@@ -1,4 +1,4 @@
-"""Wire protocol v1.1 (PROTOCOL.md): encodings, canonical JSON, certificates,
+"""Wire protocol v1.2 (PROTOCOL.md): encodings, canonical JSON, certificates,
 signatures and the client-side constructions of §6.
 
 Pure code with no Django import: the server and the reference client
@@ -29,6 +29,8 @@ CERT_LABEL = b"decentcom/device-cert/v1\n"
 AUTH_LABEL = b"decentcom/auth/v1\n"
 KEY_ID_LABEL = b"decentcom/key-id/v1\n"
 KEY_WRAP_LABEL = b"decentcom/key-wrap/v1\n"
+KEY_WRAP_V2_LABEL = b"decentcom/key-wrap/v2\n"
+SIGNED_PREKEY_LABEL = b"decentcom/signed-prekey/v1\n"
 DM_AAD_LABEL = b"decentcom/dm-aad/v1\n"
 DM_LABEL = b"decentcom/dm/v1\n"
 SAFETY_NUMBER_LABEL = b"decentcom/safety-number/v1\n"
@@ -43,6 +45,9 @@ NONCE_LEN = 12
 SIGNATURE_LEN = 64
 WRAPPED_KEY_LEN = 48
 PAD_BLOCK = 256
+SPK_FIELDS = frozenset({"v", "device", "id", "x25519", "created_at"})
+# Prekey ids: positive and exact in a JavaScript number, so every client reads them alike.
+MAX_PREKEY_ID = 2**53 - 1
 
 # Signed times (unix seconds) a certificate may carry: what both Python's
 # datetime and a JavaScript Date can hold, so no client or server overflows.
@@ -402,6 +407,148 @@ def key_unwrap(*, recipient_seed: bytes, recipient_device: str, sender_device: s
     wrapped = b64d(wrap.get("wrapped_key"), length=WRAPPED_KEY_LEN, what="wrapped_key")
     try:
         return AESGCM(hkdf32(ss, info)).decrypt(nonce, wrapped, info)
+    except Exception:
+        raise ProtocolError("key wrap does not decrypt", code="bad_key_wrap") from None
+
+
+# --- §6b forward secrecy (v1.2) --------------------------------------------------
+
+def x25519_keypair() -> tuple[bytes, bytes]:
+    """A fresh random X25519 key pair (private, public)."""
+    priv = os.urandom(KEY_LEN)
+    return priv, nacl.bindings.crypto_scalarmult_base(priv)
+
+
+def x25519_public_of(priv: bytes) -> bytes:
+    return nacl.bindings.crypto_scalarmult_base(priv)
+
+
+def prekey_id_ok(value: object) -> bool:
+    return _is_int(value) and 1 <= value <= MAX_PREKEY_ID
+
+
+@dataclass(frozen=True)
+class SignedPrekey:
+    device: str
+    id: int
+    x25519: bytes
+    created_at: int
+    wire: dict
+
+
+def spk_signed_bytes(spk: dict) -> bytes:
+    return SIGNED_PREKEY_LABEL + cjson({k: spk[k] for k in SPK_FIELDS})
+
+
+def spk_issue(*, device_seed: bytes, id: int, x25519_pub: bytes, created_at: int) -> dict:
+    """The wire form of a signed prekey, signed by the device key `device_seed`."""
+    spk = {"v": 1, "device": b58e(public_key(device_seed)), "id": id, "x25519": b64e(x25519_pub),
+           "created_at": created_at}
+    return {**spk, "signature": b64e(sign(device_seed, spk_signed_bytes(spk)))}
+
+
+def spk_parse(wire: object, *, device: str) -> SignedPrekey:
+    """A signed prekey of `device`: exactly the five keys and a signature, `v` 1,
+    a positive id, a 32-byte X25519 key, and a signature by `device`'s own key."""
+    if not isinstance(wire, dict):
+        raise ProtocolError("signed prekey must be an object", code="invalid_prekey")
+    keys, expected = set(wire), SPK_FIELDS | {"signature"}
+    if keys != expected:
+        extra, missing = sorted(keys - expected), sorted(expected - keys)
+        raise ProtocolError(f"signed prekey fields: missing {missing}, unexpected {extra}", code="invalid_prekey")
+    try:
+        if wire["v"] != 1 or not _is_int(wire["v"]):
+            raise ProtocolError("v must be 1")
+        if wire["device"] != device:
+            raise ProtocolError("it names another device")
+        if not prekey_id_ok(wire["id"]):
+            raise ProtocolError(f"id must be an integer 1..{MAX_PREKEY_ID}")
+        if not _is_time(wire["created_at"]):
+            raise ProtocolError(f"created_at must be an integer 0..{MAX_UNIX_SECONDS}")
+        pub = b64d(wire["x25519"], length=KEY_LEN, what="x25519")
+        signature = b64d(wire["signature"], length=SIGNATURE_LEN, what="signature")
+        if not verify(b58_key(device, what="device"), spk_signed_bytes(wire), signature):
+            raise ProtocolError("signature does not verify against the device key")
+    except ProtocolError as exc:
+        raise ProtocolError(f"signed prekey: {exc.detail}", code="invalid_prekey") from None
+    return SignedPrekey(device=device, id=wire["id"], x25519=pub, created_at=wire["created_at"], wire=dict(wire))
+
+
+def otk_parse(value: object) -> tuple[int, bytes]:
+    """A one-time prekey {"id", "x25519"} as (id, public key)."""
+    if not isinstance(value, dict) or set(value) != {"id", "x25519"}:
+        raise ProtocolError('a one-time prekey is {"id", "x25519"}', code="invalid_prekey")
+    if not prekey_id_ok(value["id"]):
+        raise ProtocolError(f"one-time prekey id must be an integer 1..{MAX_PREKEY_ID}", code="invalid_prekey")
+    try:
+        return value["id"], b64d(value["x25519"], length=KEY_LEN, what="x25519")
+    except ProtocolError as exc:
+        raise ProtocolError(f"one-time prekey: {exc.detail}", code="invalid_prekey") from None
+
+
+def key_wrap_v2_info(*, conversation_id: str, epoch: int, ephemeral: str, one_time_id: int | None,
+                     recipient_device: str, sender_device: str, signed_prekey_id: int) -> bytes:
+    return KEY_WRAP_V2_LABEL + cjson({
+        "conversation_id": conversation_id, "epoch": epoch, "ephemeral": ephemeral, "one_time_id": one_time_id,
+        "recipient_device": recipient_device, "sender_device": sender_device, "signed_prekey_id": signed_prekey_id,
+    })
+
+
+def key_wrap_v2(*, sender_seed: bytes, sender_device: str, recipient_device: str, conversation_id: str,
+                epoch: int, group_key: bytes, signed_prekey: SignedPrekey, one_time: tuple[int, bytes] | None,
+                ephemeral_priv: bytes | None = None, nonce: bytes | None = None) -> dict:
+    """Wrap `group_key` for `recipient_device` with a fresh ephemeral key, its signed
+    prekey (already verified by `spk_parse`) and one of its one-time prekeys if any.
+    The ephemeral private key lives only in this call."""
+    if signed_prekey.device != recipient_device:
+        raise ProtocolError("signed prekey of another device", code="invalid_prekey")
+    e_priv = ephemeral_priv if ephemeral_priv is not None else os.urandom(KEY_LEN)
+    e_pub = b64e(x25519_public_of(e_priv))
+    one_time_id = one_time[0] if one_time else None
+    ikm = (x25519_shared(e_priv, signed_prekey.x25519)
+           + x25519_shared(x25519_private(sender_seed), signed_prekey.x25519)
+           + (x25519_shared(e_priv, one_time[1]) if one_time else b""))
+    del e_priv
+    info = key_wrap_v2_info(conversation_id=conversation_id, epoch=epoch, ephemeral=e_pub, one_time_id=one_time_id,
+                            recipient_device=recipient_device, sender_device=sender_device,
+                            signed_prekey_id=signed_prekey.id)
+    nonce = nonce if nonce is not None else os.urandom(NONCE_LEN)
+    wrapped = AESGCM(hkdf32(ikm, info)).encrypt(nonce, group_key, info)
+    return {"v": 2, "signed_prekey_id": signed_prekey.id, "one_time_id": one_time_id, "ephemeral": e_pub,
+            "nonce": b64e(nonce), "wrapped_key": b64e(wrapped)}
+
+
+def wrap_version(wrap: object) -> int:
+    """1 or 2 by shape (§7 check 3): v1 is exactly {nonce, wrapped_key}, v2 has `"v": 2`."""
+    if isinstance(wrap, dict) and wrap.get("v") == 2 and _is_int(wrap.get("v")):
+        return 2
+    if isinstance(wrap, dict) and set(wrap) == {"nonce", "wrapped_key"}:
+        return 1
+    raise ProtocolError("key_wrap is neither a v1 nor a v2 wrap", code="bad_key_wrap")
+
+
+def key_unwrap_v2(*, signed_prekey_priv: bytes, one_time_priv: bytes | None, recipient_device: str,
+                  sender_device: str, conversation_id: str, epoch: int, wrap: dict) -> bytes:
+    """Open a v2 wrap with this device's signed prekey (and one-time prekey, when the
+    wrap names one) private keys, looked up by the caller from the wrap's ids."""
+    if set(wrap) != {"v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"}:
+        raise ProtocolError("v2 key wrap must have exactly its six keys", code="bad_key_wrap")
+    if not prekey_id_ok(wrap["signed_prekey_id"]) or not (wrap["one_time_id"] is None
+                                                          or prekey_id_ok(wrap["one_time_id"])):
+        raise ProtocolError("v2 key wrap ids must be positive integers", code="bad_key_wrap")
+    if (wrap["one_time_id"] is None) != (one_time_priv is None):
+        raise ProtocolError("one-time prekey does not match the wrap", code="bad_key_wrap")
+    e_pub = b64d(wrap["ephemeral"], length=KEY_LEN, what="ephemeral")
+    nonce = b64d(wrap["nonce"], length=NONCE_LEN, what="wrap nonce")
+    wrapped = b64d(wrap["wrapped_key"], length=WRAPPED_KEY_LEN, what="wrapped_key")
+    ikm = (x25519_shared(signed_prekey_priv, e_pub)
+           + x25519_shared(signed_prekey_priv, x25519_public(b58_key(sender_device, what="sender_device")))
+           + (x25519_shared(one_time_priv, e_pub) if one_time_priv is not None else b""))
+    info = key_wrap_v2_info(conversation_id=conversation_id, epoch=epoch, ephemeral=wrap["ephemeral"],
+                            one_time_id=wrap["one_time_id"], recipient_device=recipient_device,
+                            sender_device=sender_device, signed_prekey_id=wrap["signed_prekey_id"])
+    try:
+        return AESGCM(hkdf32(ikm, info)).decrypt(nonce, wrapped, info)
     except Exception:
         raise ProtocolError("key wrap does not decrypt", code="bad_key_wrap") from None
 

@@ -212,3 +212,75 @@ def test_signed_certificates_with_out_of_range_times_or_hidden_names_are_refused
         protocol.cert_parse(_forged_cert(**changes))
     assert exc.value.code == "invalid_certificate"
     protocol.cert_parse(_forged_cert(issued_at=253402300799))  # the largest time is fine
+
+
+# --- §6b (v1.2) ------------------------------------------------------------------
+
+def test_signed_prekey():
+    v = V["signed_prekey"]
+    assert p.spk_signed_bytes(v["spk"]).hex() == v["signed_bytes_hex"]
+    pub = p.x25519_public_of(bytes.fromhex(v["x25519_priv_hex"]))
+    assert p.spk_issue(device_seed=SEED["bob_laptop"], id=7, x25519_pub=pub,
+                       created_at=v["spk"]["created_at"]) == v["wire"]
+    spk = p.spk_parse(v["wire"], device=v["device"])
+    assert (spk.id, p.b64e(spk.x25519), spk.created_at) == (7, v["spk"]["x25519"], v["spk"]["created_at"])
+
+
+def test_one_time_prekey():
+    v = V["one_time_prekey"]
+    assert p.b64e(p.x25519_public_of(bytes.fromhex(v["x25519_priv_hex"]))) == v["public"]["x25519"]
+    assert p.otk_parse(v["public"]) == (42, p.b64d(v["public"]["x25519"]))
+
+
+@pytest.mark.parametrize("case", ["key_wrap_v2", "key_wrap_v2_no_one_time"])
+def test_key_wrap_v2_both_directions(case):
+    v, spk_v, otk_v = V[case], V["signed_prekey"], V["one_time_prekey"]
+    spk = p.spk_parse(spk_v["wire"], device=v["recipient_device"])
+    one_time = p.otk_parse(otk_v["public"]) if v["one_time_id"] else None
+    common = {"sender_device": v["sender_device"], "recipient_device": v["recipient_device"],
+              "conversation_id": v["conversation_id"], "epoch": v["epoch"]}
+    e_priv = bytes.fromhex(v["ephemeral_priv_hex"])
+    assert p.b64e(p.x25519_public_of(e_priv)) == v["ephemeral_pub_b64"]
+    assert p.key_wrap_v2_info(ephemeral=v["ephemeral_pub_b64"], one_time_id=v["one_time_id"],
+                              signed_prekey_id=v["signed_prekey_id"], **common).hex() == v["info_hex"]
+    wrap = p.key_wrap_v2(sender_seed=SEED["alice_phone"], group_key=bytes.fromhex(v["group_key_hex"]),
+                         signed_prekey=spk, one_time=one_time, ephemeral_priv=e_priv,
+                         nonce=p.b64d(v["wrap"]["nonce"]), **common)
+    assert wrap == v["wrap"]
+    assert p.wrap_version(wrap) == 2
+    key = p.key_unwrap_v2(signed_prekey_priv=bytes.fromhex(spk_v["x25519_priv_hex"]),
+                          one_time_priv=bytes.fromhex(otk_v["x25519_priv_hex"]) if one_time else None,
+                          wrap=wrap, **common)
+    assert key.hex() == v["group_key_hex"]
+    # The static key alone (what a stolen device seed gives) does not open it.
+    with pytest.raises(p.ProtocolError):
+        p.key_unwrap_v2(signed_prekey_priv=p.x25519_private(SEED["bob_laptop"]),
+                        one_time_priv=bytes.fromhex(otk_v["x25519_priv_hex"]) if one_time else None,
+                        wrap=wrap, **common)
+
+
+def test_key_wrap_v2_intermediates():
+    v = V["key_wrap_v2"]
+    spk_priv = bytes.fromhex(V["signed_prekey"]["x25519_priv_hex"])
+    e_pub = p.b64d(v["ephemeral_pub_b64"])
+    assert p.x25519_shared(spk_priv, e_pub).hex() == v["dh_signed_prekey_hex"]
+    alice = p.x25519_public(p.b58_key(v["sender_device"]))
+    assert p.x25519_shared(spk_priv, alice).hex() == v["dh_static_hex"]
+    assert p.x25519_shared(bytes.fromhex(V["one_time_prekey"]["x25519_priv_hex"]), e_pub).hex() == v["dh_one_time_hex"]
+    assert p.hkdf32(bytes.fromhex(v["ikm_hex"]), bytes.fromhex(v["info_hex"])).hex() == v["kek_hex"]
+
+
+@pytest.mark.parametrize("case", V["reject"]["signed_prekey"], ids=lambda c: c["why"])
+def test_reject_signed_prekey(case):
+    with pytest.raises(p.ProtocolError) as err:
+        p.spk_parse(case["wire"], device=case["wire"]["device"])
+    assert err.value.code == "invalid_prekey"
+
+
+@pytest.mark.parametrize("wrap", [
+    {"nonce": "AAAAAAAAAAAAAAAA", "wrapped_key": "x", "v": 1}, {"v": "2"}, {"v": True}, [], None,
+    {"nonce": "AAAAAAAAAAAAAAAA"},
+])
+def test_wrap_version_refuses_other_shapes(wrap):
+    with pytest.raises(p.ProtocolError):
+        p.wrap_version(wrap)

@@ -240,26 +240,6 @@ class DeliveryState(models.Model):
         constraints = [models.UniqueConstraint(fields=["message", "device"], name="dm_delivery_state_unique")]
 
 
-class MessageStateCounts(models.Model):
-    """A message's delivery states counted by state (§7a): DM_STATUS and the
-    ACK read this one row instead of the message's states. Kept by database
-    triggers on dm_delivery_states (migration 0010), so every insert, change
-    and delete, raw SQL or ORM cascade, keeps it exact; no code writes it. A
-    row exists exactly while its message has states: it outlives the message
-    with them and goes with the last of them (before its remembered id)."""
-
-    message = models.OneToOneField(UsedMessageId, on_delete=models.DO_NOTHING, primary_key=True, related_name="+")
-    pending = models.PositiveIntegerField(default=0)
-    delivered = models.PositiveIntegerField(default=0)
-    failed = models.PositiveIntegerField(default=0)
-    expired = models.PositiveIntegerField(default=0)
-    dropped = models.PositiveIntegerField(default=0)
-    skipped = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        db_table = "dm_message_state_counts"
-
-
 class PurgeRun(models.Model):
     """One run of the purge (`dm_purge_expired`): when, as of when, what it
     deleted (or would have, in a dry run) and how long it took. Counts only;

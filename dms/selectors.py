@@ -268,9 +268,8 @@ def delivery_counts_zero() -> dict[str, int]:
     return dict.fromkeys(_STATES, 0)
 
 
-# A message's counts by state: its row of dm_message_state_counts (kept by triggers, migration 0010),
-# whose columns are named after the states.
-_COUNT_COLUMNS = ", ".join(f"c.{state}" for state in _STATES)
+# One row per message: its counts by state, aggregated before the per-message joins.
+_COUNT_COLUMNS = ", ".join(f"COUNT(CASE WHEN state = '{state}' THEN 1 END)" for state in _STATES)
 
 
 def delivery_counts_for_messages(*, db_ids: list, ending: tuple[str, list] | None = None) -> dict[str, dict]:
@@ -278,27 +277,24 @@ def delivery_counts_for_messages(*, db_ids: list, ending: tuple[str, list] | Non
     DM_STATUS: one query per 10,000 ids, given as the database returns them
     (`sql.uuid_param` values: no conversion on the hot paths). Messages
     without states are left out. With `ending` (an SQL condition on
-    `dm_delivery_states` rows and its parameters, or None for "its pending
-    states", which the counts say), each entry also has "ending": how many of
-    its states meet it."""
+    `dm_delivery_states` rows and its parameters), each entry also has
+    "ending": how many of its states meet it."""
     result: dict[str, dict] = {}
-    extra = ""
-    if ending is not None:
-        extra = (", c.pending" if ending[0] is None else
-                 f", (SELECT COUNT(*) FROM dm_delivery_states WHERE dm_delivery_states.message_id = c.message_id "
-                 f"AND {ending[0]})")
+    extra = f", COUNT(CASE WHEN {ending[0]} THEN 1 END)" if ending else ""
     with connection.cursor() as cursor:
         for start in range(0, len(db_ids), MAX_IDS_PER_STATEMENT):
-            among, ids = sql.among("c.message_id", db_ids[start:start + MAX_IDS_PER_STATEMENT])
+            among, ids = sql.among("message_id", db_ids[start:start + MAX_IDS_PER_STATEMENT])
             cursor.execute(
-                f"SELECT c.message_id, {_COUNT_COLUMNS}{extra}, u.conversation_id, su.username "
-                "FROM dm_message_state_counts c JOIN dm_used_message_ids u ON u.message_id = c.message_id "
-                "JOIN devices sd ON sd.id = u.sender_device_id JOIN users su ON su.id = sd.user_id "
-                f"WHERE {among}", [*(ending[1] if ending else ()), *ids])
+                "SELECT c.*, u.conversation_id, su.username FROM ("
+                f"SELECT message_id, {_COUNT_COLUMNS}{extra} FROM dm_delivery_states "
+                f"WHERE {among} GROUP BY message_id) c "
+                "JOIN dm_used_message_ids u ON u.message_id = c.message_id "
+                "JOIN devices sd ON sd.id = u.sender_device_id JOIN users su ON su.id = sd.user_id",
+                [*(ending[1] if ending else ()), *ids])
             for row in cursor.fetchall():
                 conversation_id, entry = row[-2], {"sender": row[-1], "counts": dict(zip(_STATES, row[1:]))}
                 entry["conversation_id"] = None if conversation_id is None else sql.uuid_str(conversation_id)
-                if ending is not None:
+                if ending:
                     entry["ending"] = row[1 + len(_STATES)]
                 result[sql.uuid_str(row[0])] = entry
     return result
@@ -306,14 +302,14 @@ def delivery_counts_for_messages(*, db_ids: list, ending: tuple[str, list] | Non
 
 def delivery_state_counts(*, db_ids: list) -> dict:
     """message id (as the database returns it) -> its counts by state, for
-    messages whose sender the caller knows already (ACK): one counts row per
-    message, one query per 10,000 ids. Messages without states are left out."""
+    messages whose sender the caller knows already (ACK): the states alone,
+    one query per 10,000 ids. Messages without states are left out."""
     result = {}
     with connection.cursor() as cursor:
         for start in range(0, len(db_ids), MAX_IDS_PER_STATEMENT):
             ids = db_ids[start:start + MAX_IDS_PER_STATEMENT]
-            cursor.execute(f"SELECT c.message_id, {_COUNT_COLUMNS} FROM dm_message_state_counts c "
-                           f"WHERE c.message_id IN ({sql.placeholders(len(ids))})", ids)
+            cursor.execute(f"SELECT message_id, {_COUNT_COLUMNS} FROM dm_delivery_states "
+                           f"WHERE message_id IN ({sql.placeholders(len(ids))}) GROUP BY message_id", ids)
             for row in cursor.fetchall():
                 result[row[0]] = dict(zip(_STATES, row[1:]))
     return result

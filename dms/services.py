@@ -318,12 +318,10 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
     `state`, and DM_STATUS goes to the senders' users after commit. A final
     state is never overwritten. Call in the transaction that ends the
     deliveries, with the messages locked: the counts are read just before the
-    UPDATE, which then returns nothing (a purge chunk ends 20,000 states);
-    for all of a message's pending states, the counts say how many end."""
+    UPDATE, which then returns nothing (a purge chunk ends 20,000 states)."""
     for start in range(0, len(message_ids), MAX_IDS_PER_STATEMENT):
         ids = [sql.uuid_param(m) for m in message_ids[start:start + MAX_IDS_PER_STATEMENT]]
         ending, params = "state = 'pending'", []
-        all_pending = device_ids is None and undelivered_before is None
         if device_ids is not None:
             ending += f" AND device_id IN ({sql.placeholders(len(device_ids))})"
             params += device_ids
@@ -332,8 +330,7 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
                        " AND d.device_id = dm_delivery_states.device_id AND d.acked_at IS NULL AND d.created_at <= %s)")
             params.append(sql.dt_param(undelivered_before))
         changed = {}
-        counted = delivery_counts_for_messages(db_ids=ids, ending=(None, []) if all_pending else (ending, params))
-        for message_id, entry in counted.items():
+        for message_id, entry in delivery_counts_for_messages(db_ids=ids, ending=(ending, params)).items():
             if n := entry.pop("ending"):
                 entry["counts"]["pending"] -= n
                 entry["counts"][state] += n

@@ -348,7 +348,15 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
 @dataclass(frozen=True)
 class Recipient:
     device_id: str
-    wrap: dict | None  # {"nonce": b64, "wrapped_key": b64}, already checked
+    wrap: dict | None  # v1 {"nonce", "wrapped_key"} or v2 (§6b), already checked (serializers.key_wrap_check)
+
+
+def _wrap_columns(wrap: dict | None) -> tuple:
+    """A checked wrap as dm_deliveries stores it: nonce, wrapped_key and v2's three extras."""
+    if wrap is None:
+        return None, None, None, None, None
+    return (wrap["nonce"], wrap["wrapped_key"], wrap.get("signed_prekey_id"), wrap.get("one_time_id"),
+            wrap.get("ephemeral"))
 
 
 @dataclass(frozen=True)
@@ -508,11 +516,11 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
              protocol.b64e(request.signature), policy, ttl_days, created, sql.dt_param(expires_at)])
         if stored:
             cursor.execute(
-                "INSERT INTO dm_deliveries (message_id, device_id, wrap_nonce, wrapped_key, created_at, acked_at) "
-                "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, NULL)"] * len(stored)),
+                "INSERT INTO dm_deliveries (message_id, device_id, wrap_nonce, wrapped_key, wrap_signed_prekey_id, "
+                "wrap_one_time_id, wrap_ephemeral, created_at, acked_at) "
+                "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, NULL)"] * len(stored)),
                 [value for r in stored for value in (
-                    message_id, recipient_pks[r.device_id], r.wrap["nonce"] if r.wrap else None,
-                    r.wrap["wrapped_key"] if r.wrap else None, created)])
+                    message_id, recipient_pks[r.device_id], *_wrap_columns(r.wrap), created)])
         _delivery_states_insert(cursor, message_id=message_id, at=created, skipped_pks=skipped_pks,
                                 pending_pks=[recipient_pks[r.device_id] for r in stored])
     if policy == Policy.BURN_ON_READ and not stored:

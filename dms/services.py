@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from decentcom import metrics, sql
@@ -20,7 +20,7 @@ from dmclient import protocol
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
 from decentcom.timefmt import rfc3339
-from devices.models import AuthSession, Challenge, Device, User
+from devices.models import AuthSession, Challenge, Device, OneTimePrekey, SignedPrekey, User
 from devices.selectors import device_public_key
 from devices.services import device_revoke
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, KeyReceipt, PendingDm, Policy,
@@ -664,6 +664,11 @@ def _dm_purge(*, now: dt.datetime, dry_run: bool, chunk: int) -> dict:
     orphan_burns = PendingDm.objects.filter(policy=Policy.BURN_ON_READ).filter(
         ~Exists(Delivery.objects.filter(message=OuterRef("pk"), acked_at__isnull=True)))
     expired_devices = Device.objects.filter(revoked_at__isnull=True, expires_at__lte=now)
+    # §6b: prekeys of devices that are gone (revoked, expired, their user suspended). The services
+    # delete them as that happens; this catches any left behind (an expired device until the purge).
+    gone = Q(device__revoked_at__isnull=False) | Q(device__expires_at__lte=now) | Q(
+        device__user__suspended_at__isnull=False)
+    gone_signed, gone_one_time = SignedPrekey.objects.filter(gone), OneTimePrekey.objects.filter(gone)
     old_receipts = KeyReceipt.objects.filter(epoch__lt=F("conversation__epoch"))
     forgotten_ids = UsedMessageId.objects.filter(message_gone_at__lte=now - USED_ID_MEMORY)
     housekeeping = {
@@ -681,15 +686,22 @@ def _dm_purge(*, now: dt.datetime, dry_run: bool, chunk: int) -> dict:
             "expired_devices": expired_devices.count(),
             "past_epoch_receipts": old_receipts.count(),
             "delivery_states": DeliveryState.objects.filter(message__in=forgotten_ids).count(),
+            "prekeys": gone_signed.count() + gone_one_time.count(),
             **{name: qs.count() for name, qs in housekeeping.items()},
         }
         return counts
 
     counts = dict.fromkeys(["expired_messages", "undelivered_deliveries", "burned_messages", "expired_devices",
-                            "past_epoch_receipts", "delivery_states", *housekeeping], 0)
+                            "past_epoch_receipts", "delivery_states", "prekeys", *housekeeping], 0)
     for device in expired_devices:
+        # device_revoke deletes the device's prekeys, counted here as the dry run counts them
+        counts["prekeys"] += (SignedPrekey.objects.filter(device=device).count()
+                              + OneTimePrekey.objects.filter(device=device).count())
         device_revoke(device=device, reason="expired")
         counts["expired_devices"] += 1
+    for queryset, field in ((gone_signed, "device_id"), (gone_one_time, "id")):
+        for ids in _chunks_locked(queryset, field=field, chunk=chunk):
+            counts["prekeys"] += queryset.model.objects.filter(**{f"{field}__in": ids}).delete()[0]
     for ids in _chunks_locked(expired_messages, field="message_id", order="expires_at", chunk=chunk):
         delivery_states_end(message_ids=ids, state=DeliveryState.State.EXPIRED, at=now)
         counts["expired_messages"] += messages_delete(message_ids=ids)

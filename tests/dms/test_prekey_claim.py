@@ -367,7 +367,7 @@ def test_bad_v2_shapes_refused(person, why):
     response = send(alice.device, body)
     assert response.status_code == 400, (why, response.content)
     assert response.json()["error"] == "invalid_request"
-    assert "recipients.0.key_wrap" in response.json()["fields"]
+    assert any(f.startswith("recipients.0.key_wrap") for f in response.json()["fields"]), response.json()
     assert sync(bob.device)["messages"] == []
 
 

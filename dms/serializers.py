@@ -99,7 +99,7 @@ class KeyWrapV1Serializer(serializers.Serializer):
 class KeyWrapV2Serializer(serializers.Serializer):
     """Schema only: a v2 wrap (§6b)."""
 
-    v = serializers.ChoiceField(choices=[2])
+    v = serializers.IntegerField(min_value=2, max_value=2, help_text="2: a v2 wrap")
     signed_prekey_id = serializers.IntegerField(min_value=1, max_value=protocol.MAX_PREKEY_ID)
     one_time_id = serializers.IntegerField(min_value=1, max_value=protocol.MAX_PREKEY_ID, allow_null=True)
     ephemeral = B64Field(length=protocol.KEY_LEN)

@@ -239,14 +239,18 @@ def test_purge_deletes_prekeys_of_devices_that_are_gone(person):
 
 
 @pytest.mark.django_db
-def test_upload_by_a_device_gone_meanwhile_is_refused(person):
+@pytest.mark.parametrize("gone", ["revoked", "suspended"])
+def test_upload_by_a_device_gone_meanwhile_is_refused(person, gone):
     """The session check passed, the device row says otherwise (a revocation
     that committed between them): nothing is stored."""
     from devices.services import prekeys_upload
 
     bob = person()
     device = Device.objects.get(device_id=bob.device.id)
-    Device.objects.filter(pk=device.pk).update(revoked_at=timezone.now())
+    if gone == "revoked":
+        Device.objects.filter(pk=device.pk).update(revoked_at=timezone.now())
+    else:
+        User.objects.filter(pk=device.user_id).update(suspended_at=timezone.now())
     with pytest.raises(Exception) as info:
         prekeys_upload(device=device, one_time=otks(1, 3))
     assert getattr(info.value, "code", None) == "device_revoked"

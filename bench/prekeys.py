@@ -146,7 +146,8 @@ def run(args, server: BenchServer) -> dict:
 
     def epoch_v1():
         key = os.urandom(32)
-        api.call("POST", "/api/v1/dms/send", message(sender, conv, key, v1_wraps(sender, conv, recipients, key)), sender)
+        wraps = v1_wraps(sender, conv, recipients, key)
+        api.call("POST", "/api/v1/dms/send", message(sender, conv, key, wraps), sender)
 
     def epoch_v2():
         key = os.urandom(32)

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from dmclient import protocol
@@ -31,14 +32,100 @@ class ConversationOutput(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
-class KeyWrapSerializer(serializers.Serializer):
+V2_WRAP_KEYS = frozenset({"v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"})
+V1_WRAP_KEYS = frozenset({"nonce", "wrapped_key"})
+
+
+def _b64_problem(value, length: int, what: str) -> str | None:
+    try:
+        protocol.b64d(value, length=length, what=what)
+    except protocol.ProtocolError as exc:
+        return exc.detail
+    return None
+
+
+def _id_problem(value, *, nullable: bool) -> str | None:
+    if (value is None and nullable) or protocol.prekey_id_ok(value):
+        return None
+    return f"must be {'null or ' if nullable else ''}an integer 1..{protocol.MAX_PREKEY_ID}"
+
+
+def key_wrap_problems(value) -> dict[str, str] | str:
+    """What is wrong with a key wrap (§7 check 3), by member: {} when it is
+    exactly the v1 shape `{nonce, wrapped_key}` or exactly v2's six keys (§6b)
+    with a 12-byte nonce, a 48-byte wrapped_key, a 32-byte ephemeral and
+    positive ids; a string when it is no object at all."""
+    if type(value) is not dict:
+        return "key_wrap must be an object or null"
+    v2 = "v" in value
+    expected = V2_WRAP_KEYS if v2 else V1_WRAP_KEYS
+    problems = {key: "This field is required." for key in sorted(expected - set(value))}
+    problems.update({key: f"not a member of a v{2 if v2 else 1} key wrap" for key in sorted(set(value) - expected)})
+    checks = {"nonce": lambda x: _b64_problem(x, protocol.NONCE_LEN, "nonce"),
+              "wrapped_key": lambda x: _b64_problem(x, protocol.WRAPPED_KEY_LEN, "wrapped_key")}
+    if v2:
+        checks.update({
+            "v": lambda x: None if type(x) is int and x == 2 else "must be 2",
+            "signed_prekey_id": lambda x: _id_problem(x, nullable=False),
+            "one_time_id": lambda x: _id_problem(x, nullable=True),
+            "ephemeral": lambda x: _b64_problem(x, protocol.KEY_LEN, "ephemeral"),
+        })
+    for key, check in checks.items():
+        if key in value and (problem := check(value[key])):
+            problems[key] = problem
+    return problems
+
+
+def key_wrap_check(value) -> dict:
+    """The wrap as sent, if `key_wrap_problems` finds nothing (its strings are
+    canonical base64, so it is stored and served back unchanged); else ProtocolError."""
+    problems = key_wrap_problems(value)
+    if problems:
+        raise protocol.ProtocolError(problems if type(problems) is str else
+                                     "; ".join(f"{k}: {m}" for k, m in problems.items()))
+    if "v" not in value:
+        return {"nonce": value["nonce"], "wrapped_key": value["wrapped_key"]}
+    return {"v": 2, "signed_prekey_id": value["signed_prekey_id"], "one_time_id": value["one_time_id"],
+            "ephemeral": value["ephemeral"], "nonce": value["nonce"], "wrapped_key": value["wrapped_key"]}
+
+
+class KeyWrapV1Serializer(serializers.Serializer):
+    """Schema only: a v1 wrap (§6)."""
+
     nonce = B64Field(length=protocol.NONCE_LEN)
     wrapped_key = B64Field(length=protocol.WRAPPED_KEY_LEN)
 
 
+class KeyWrapV2Serializer(serializers.Serializer):
+    """Schema only: a v2 wrap (§6b)."""
+
+    v = serializers.IntegerField(min_value=2, max_value=2, help_text="2: a v2 wrap")
+    signed_prekey_id = serializers.IntegerField(min_value=1, max_value=protocol.MAX_PREKEY_ID)
+    one_time_id = serializers.IntegerField(min_value=1, max_value=protocol.MAX_PREKEY_ID, allow_null=True)
+    ephemeral = B64Field(length=protocol.KEY_LEN)
+    nonce = B64Field(length=protocol.NONCE_LEN)
+    wrapped_key = B64Field(length=protocol.WRAPPED_KEY_LEN)
+
+
+@extend_schema_field(PolymorphicProxySerializer(
+    component_name="KeyWrap", serializers=[KeyWrapV1Serializer, KeyWrapV2Serializer], resource_type_field_name=None))
+class KeyWrapField(serializers.Field):
+    """A v1 or v2 key wrap, exactly (§7 check 3); the value is the wrap as sent."""
+
+    def to_internal_value(self, data):
+        problems = key_wrap_problems(data)
+        if problems:  # by member where there is one: recipients.0.key_wrap.nonce (§10)
+            raise serializers.ValidationError(problems if type(problems) is str else
+                                              {key: [message] for key, message in problems.items()})
+        return key_wrap_check(data)
+
+    def to_representation(self, value):
+        return value
+
+
 class RecipientSerializer(serializers.Serializer):
     device_id = B58KeyField()
-    key_wrap = KeyWrapSerializer(allow_null=True)
+    key_wrap = KeyWrapField(allow_null=True)
 
 
 class MessageOutput(serializers.Serializer):
@@ -53,7 +140,7 @@ class MessageOutput(serializers.Serializer):
     nonce = serializers.CharField()
     ciphertext = serializers.CharField()
     signature = serializers.CharField()
-    key_wrap = KeyWrapSerializer(allow_null=True)
+    key_wrap = KeyWrapField(allow_null=True)
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
     policy = serializers.ChoiceField(choices=Policy.values)
@@ -89,12 +176,7 @@ def _b64(value, length: int | None = None) -> bytes:
 
 
 def _wrap(value) -> dict | None:
-    if value is None:
-        return None
-    if type(value) is not dict:
-        raise protocol.ProtocolError("not an object")
-    return {"nonce": _b64(value["nonce"], protocol.NONCE_LEN),
-            "wrapped_key": _b64(value["wrapped_key"], protocol.WRAPPED_KEY_LEN)}
+    return None if value is None else key_wrap_check(value)
 
 
 def _send_input_plain(data) -> dict | None:

@@ -1,4 +1,4 @@
-"""Mailbox benchmark (issues 6 and 13): send, drain, notify, many senders, a
+"""Mailbox benchmark (issues 6, 13 and 15): send, drain, notify, many senders, a
 10,000-deep mailbox and the purge, with real crypto done on the client side
 before anything is timed.
 
@@ -14,8 +14,13 @@ the K devices drain with sync + ACK at once until nothing is pending; DM_NOTIFY
 latency at a connected recipient, one send at a time; many senders (D devices
 in D/2 direct conversations, 16 in flight). With the first: the same sends and
 drains to recipients with empty mailboxes and to recipients with 10,000 pending
-deliveries each (filled by SQL), alternated. Then in-process on the bench's
-database: query counts (Django's test client and CaptureQueriesContext) and the
+deliveries each (filled by SQL), alternated; and what a new epoch costs (§6b,
+protocol 1.2) in conversations of --epoch-devices recipient devices, each with
+a signed prekey and 100 one-time prekeys published: the sender's prekey claim
+for all of them, its v2 wraps against v1 wraps of the same keys, the server's
+work on a first send carrying v2 against v1 wraps (alternated), and the
+recipients' unwrapping (skipped against a server older than 1.2). Then
+in-process on the bench's database: query counts (Django's test client and CaptureQueriesContext) and the
 purge service on N expired messages against the same delete as raw SQL.
 
 The bench client and the server share this machine: each timed phase reports
@@ -66,6 +71,7 @@ BENCH_SETTINGS = ("from dms.selectors import server_settings_get; from dms.servi
                   "s.max_recipients_per_message = max(s.max_recipients_per_message, {k}); "
                   "s.max_ciphertext_bytes = max(s.max_ciphertext_bytes, {size}); "
                   "s.max_request_bytes = max(s.max_request_bytes, {request}); "
+                  "s.prekey_claim_rate_per_device = 0; "  # §6b, protocol 1.2 (an attribute only, before it)
                   "server_settings_update(settings_row=s)")
 SYNC_LIMIT = 500  # the protocol's largest page
 NOTIFY_WAIT_S = 2  # a DM_NOTIFY later than this counts as lost (e.g. a layer that does not cross processes)
@@ -109,11 +115,12 @@ def new_devices(k: int) -> tuple[BenchDevice, list[BenchDevice]]:
     return BenchDevice(os.urandom(32)), [BenchDevice(os.urandom(32)) for _ in range(k)]
 
 
-def build_sends(sender: BenchDevice, conv: dict, recipients: list[str], count: int, size: int
-                ) -> list[tuple[str, bytes]]:
-    """`count` signed send bodies (§6, §7), JSON-encoded: (message_id, body)."""
+def build_sends(sender: BenchDevice, conv: dict, recipients: list[str], count: int, size: int,
+                group_key: bytes | None = None) -> list[tuple[str, bytes]]:
+    """`count` signed send bodies (§6, §7), JSON-encoded: (message_id, body), each with a v1 wrap of
+    one sender key (`group_key`, or a new one) for every device in `recipients`."""
     cid, epoch = conv["conversation_id"], conv["epoch"]
-    group_key = os.urandom(32)
+    group_key = group_key or os.urandom(32)
     kid = protocol.key_id(group_key)
     padded_len = max(protocol.PAD_BLOCK, -(-size // protocol.PAD_BLOCK) * protocol.PAD_BLOCK)
     out = []
@@ -439,14 +446,162 @@ async def mailbox_depth_phase(http: httpx.AsyncClient, args, watch: Watch) -> di
     return out
 
 
+# --- a new epoch: prekey claims and v2 wraps (§6b, issue 15) ----------------------------------
+
+ONE_TIME_PUBLISHED = 100  # as a client publishes at registration (§6b)
+
+
+async def prekeys_publish(http: httpx.AsyncClient, device: BenchDevice) -> tuple[bytes, dict[int, bytes]]:
+    """A signed prekey and 100 one-time prekeys for `device`, published as a client does at
+    registration (PUT /devices/prekeys); the private keys: the signed one's and the one-time ones by id."""
+    spk_priv, spk_pub = protocol.x25519_keypair()
+    one_time = {i: protocol.x25519_keypair() for i in range(1, ONE_TIME_PUBLISHED + 1)}
+    body = {"signed_prekey": protocol.spk_issue(device_seed=device.seed, id=1, x25519_pub=spk_pub,
+                                                created_at=int(time.time())),
+            "one_time": [{"id": i, "x25519": protocol.b64e(pub)} for i, (_, pub) in one_time.items()]}
+    r = await http.put("/api/v1/devices/prekeys", json=body, headers=device.headers)
+    if r.status_code != 200:
+        raise RuntimeError(f"prekey upload answered {r.status_code}: {r.text[:300]}")
+    return spk_priv, {i: priv for i, (priv, _) in one_time.items()}
+
+
+def epoch_sends(sender: BenchDevice, conv: dict, claimed: list[list[dict]], count: int, size: int, version: int
+                ) -> tuple[list[tuple[str, bytes]], float, list[bytes]]:
+    """`count` first sends of a new epoch (each a new sender key, wrapped for every recipient device):
+    with v2 wraps from the claimed prekeys, taken in turn (each signed prekey verified first, as §6b
+    requires), or v1 wraps. The server sees only the wraps' shape, so a one-time prekey used again
+    costs it what a fresh one would. Returns the bodies, the client CPU seconds of the wraps alone,
+    and the keys."""
+    cid, epoch = conv["conversation_id"], conv["epoch"]
+    wrap_cpu, bodies, keys = 0.0, [], []
+    for i in range(count):
+        prekeys = claimed[i % len(claimed)]
+        group_key = os.urandom(32)
+        t0 = time.process_time()
+        if version == 2:
+            wraps = {p["device_id"]: protocol.key_wrap_v2(
+                sender_seed=sender.seed, sender_device=sender.id, recipient_device=p["device_id"],
+                conversation_id=cid, epoch=epoch, group_key=group_key,
+                signed_prekey=protocol.spk_parse(p["signed_prekey"], device=p["device_id"]),
+                one_time=protocol.otk_parse(p["one_time"]) if p["one_time"] else None) for p in prekeys}
+        else:
+            wraps = {p["device_id"]: protocol.key_wrap(
+                sender_seed=sender.seed, sender_device=sender.id, recipient_device=p["device_id"],
+                conversation_id=cid, epoch=epoch, group_key=group_key) for p in prekeys}
+        wrap_cpu += time.process_time() - t0
+        (message_id, body), = build_sends(sender, conv, [], 1, size, group_key=group_key)
+        body = json.loads(body)
+        body["recipients"] = [{"device_id": d, "key_wrap": w} for d, w in wraps.items()]
+        bodies.append((message_id, json.dumps(body).encode()))
+        keys.append(group_key)
+    return bodies, wrap_cpu, keys
+
+
+async def epoch_phase(http: httpx.AsyncClient, args, n: int, watch: Watch) -> dict:
+    """What a new epoch costs in a conversation with n recipient devices (§6b): the
+    sender's claim of their prekeys (POST /dms/prekeys/claim, one at a time), its
+    v2 wraps against v1 wraps of the same keys, the server's work on a send that
+    carries n v2 wraps against one with n v1 wraps (alternated blocks), and the
+    recipients' unwrapping of both after their drain."""
+    r = await http.get("/api/v1/server")
+    r.raise_for_status()
+    if tuple(int(x) for x in r.json().get("protocol", "1.0").split(".")) < (1, 2):
+        return {"error": f"the server speaks protocol {r.json().get('protocol')}: no prekeys"}
+    fx = await conversation_setup(http, n)
+    meter = Meter(watch)
+    secrets = [await prekeys_publish(http, d) for d in fx.recipients]
+    upload = meter.stop()
+    epochs = min(args.epochs, ONE_TIME_PUBLISHED)
+    ids = [d.id for d in fx.recipients]
+    await open_connections(http, fx.sender, 1)
+    claims, claim_ms = [], []
+    meter = Meter(watch)
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        r = await http.post("/api/v1/dms/prekeys/claim", content=json.dumps({"devices": ids}).encode(),
+                            headers=fx.sender.headers)
+        claim_ms.append((time.perf_counter() - t0) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"prekey claim answered {r.status_code}: {r.text[:300]}")
+        claims.append(r.json()["prekeys"])
+    claim = meter.stop()
+    handed = [(p["device_id"], p["one_time"]["id"]) for c in claims for p in c if p["one_time"]]
+    if len(handed) != len(set(handed)) or len(handed) != epochs * n or any(len(c) != n for c in claims):
+        raise RuntimeError(f"claims handed out {len(handed)} one-time prekeys ({len(set(handed))} distinct), "
+                           f"expected {epochs * n}")
+    sends = max(args.epoch_sends, epochs)
+    v2_bodies, v2_wrap_s, v2_keys = epoch_sends(fx.sender, fx.conv, claims, sends, args.size, 2)
+    v1_bodies, v1_wrap_s, v1_keys = epoch_sends(fx.sender, fx.conv, claims, sends, args.size, 1)
+    blocks = 4
+    per_block = -(-sends // blocks)
+    send_usage: dict[int, list[dict]] = {1: [], 2: []}
+    await open_connections(http, fx.sender, args.concurrency)
+    for b in range(blocks):  # alternated, so that both see the same machine
+        for version, bodies in ((2, v2_bodies), (1, v1_bodies)):
+            block = bodies[b * per_block:(b + 1) * per_block]
+            if block:
+                meter = Meter(watch)
+                await send_all(http, [(fx.sender, body) for _, body in block], args.concurrency)
+                send_usage[version].append(meter.stop())
+    drained = await drain_phase(http, fx, watch, expected={mid for mid, _ in v1_bodies + v2_bodies})
+    # the recipients open every wrap they were sent, timed alone: v2 with their prekeys' private keys by id
+    unwrap_s = {1: 0.0, 2: 0.0}
+    key_of = dict(zip([mid for mid, _ in v2_bodies + v1_bodies], v2_keys + v1_keys))
+    wraps_of = {mid: {r["device_id"]: r["key_wrap"] for r in json.loads(body)["recipients"]}
+                for mid, body in v2_bodies + v1_bodies}
+    for device, (spk_priv, one_time_privs) in zip(fx.recipients, secrets):
+        for mid, wraps in wraps_of.items():
+            wrap = wraps[device.id]
+            version = protocol.wrap_version(wrap)
+            t0 = time.process_time()
+            if version == 2:
+                key = protocol.key_unwrap_v2(
+                    signed_prekey_priv=spk_priv, one_time_priv=one_time_privs.get(wrap["one_time_id"]),
+                    recipient_device=device.id, sender_device=fx.sender.id,
+                    conversation_id=fx.conv["conversation_id"], epoch=fx.conv["epoch"], wrap=wrap)
+            else:
+                key = protocol.key_unwrap(recipient_seed=device.seed, recipient_device=device.id,
+                                          sender_device=fx.sender.id, conversation_id=fx.conv["conversation_id"],
+                                          epoch=fx.conv["epoch"], wrap=wrap)
+            unwrap_s[version] += time.process_time() - t0
+            if key != key_of[mid]:
+                raise RuntimeError(f"device {device.id[:8]} unwrapped a wrong key from a v{version} wrap")
+
+    def server_ms(usages: list[dict], count: int) -> float | None:
+        cpu = [u["server_cpu_s"] for u in usages]
+        return None if None in cpu or not count else sum(cpu) * 1000 / count
+
+    def database_ms(usages: list[dict], count: int) -> float | None:
+        cpu = [u["database_cpu_s"] for u in usages]
+        return None if None in cpu or not count else sum(cpu) * 1000 / count
+
+    return {
+        "devices": n, "epochs": epochs, "sends": sends,
+        "upload": {"server_cpu_ms_per_device": server_ms([upload], n), "seconds": upload["seconds"]},
+        "claim": {"p50_ms": percentile(claim_ms, 50), "p99_ms": percentile(claim_ms, 99),
+                  "server_cpu_ms": server_ms([claim], epochs), "database_cpu_ms": database_ms([claim], epochs),
+                  "one_time_handed_out": len(handed)},
+        "wrap": {"v2_client_ms_per_epoch": v2_wrap_s * 1000 / sends, "v1_client_ms_per_epoch": v1_wrap_s * 1000 / sends},
+        "unwrap": {"v2_client_ms_per_wrap": unwrap_s[2] * 1000 / (sends * n),
+                   "v1_client_ms_per_wrap": unwrap_s[1] * 1000 / (sends * n)},
+        "send": {"v2_server_cpu_ms": server_ms(send_usage[2], sends), "v1_server_cpu_ms": server_ms(send_usage[1], sends),
+                 "v2_database_cpu_ms": database_ms(send_usage[2], sends),
+                 "v1_database_cpu_ms": database_ms(send_usage[1], sends)},
+        "drain": {"messages": drained["messages"], "server_cpu_ms_per_1000": drained["server_cpu_ms_per_1000"]},
+    }
+
+
 def server_phases(args, url: str, watch: Watch, *, with_depth: bool) -> dict:
     async def run() -> dict:
-        limits = httpx.Limits(max_connections=max(args.concurrency, args.many_concurrency, args.recipients) + 2)
+        limits = httpx.Limits(max_connections=max(args.concurrency, args.many_concurrency, args.recipients,
+                                                  *args.epoch_devices) + 2)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
             result = await one_sender_phases(http, args, url, watch)
             result["many"] = await many_senders_phase(http, args, watch)
             if with_depth:
                 result["depth"] = await mailbox_depth_phase(http, args, watch)
+                if args.epochs:
+                    result["epoch"] = [await epoch_phase(http, args, n, watch) for n in args.epoch_devices]
         return result
 
     result = asyncio.run(run())
@@ -488,6 +643,17 @@ class InProcess:
             raise RuntimeError(f"{path} answered {response.status_code}: {response.content[:300]!r}")
         return json.loads(response.content)
 
+    def put(self, path: str, body, device: BenchDevice):
+        response = self.client.put(path, data=json.dumps(body).encode(), content_type="application/json",
+                                   HTTP_AUTHORIZATION=f"Bearer {device.token}")
+        if response.status_code != 200:
+            raise RuntimeError(f"{path} answered {response.status_code}: {response.content[:300]!r}")
+        return json.loads(response.content)
+
+    def protocol(self) -> tuple[int, ...]:
+        version = json.loads(self.client.get("/api/v1/server").content).get("protocol", "1.0")
+        return tuple(int(x) for x in version.split("."))
+
     def login(self, device: BenchDevice) -> None:
         challenge = self.post("/api/v1/auth/challenge", {"pubkey": device.id})["challenge"]
         device.token = self.post("/api/v1/auth/verify", device.verify_body(challenge, self.origin))["token"]
@@ -515,8 +681,22 @@ def query_counts(args) -> dict:
     sync_queries, page = api.counted("/api/v1/dms/sync", {"limit": SYNC_LIMIT}, recipients[0])
     ids = [m["message_id"] for m in page["messages"]]
     ack_queries, _ = api.counted("/api/v1/dms/ack", {"message_ids": ids}, recipients[0])
-    return {"send": send_queries, "sync": sync_queries, "ack": ack_queries, "sync_messages": len(ids),
-            "ack_ids": len(ids), "_fixture": {"conv": conv, "sender": sender, "recipients": recipients}}
+    claim_queries = None
+    if api.protocol() >= (1, 2):  # §6b: the recipients publish prekeys, the sender claims them
+        for device in recipients:
+            spk_pub = protocol.x25519_keypair()[1]
+            api.put("/api/v1/devices/prekeys", {
+                "signed_prekey": protocol.spk_issue(device_seed=device.seed, id=1, x25519_pub=spk_pub,
+                                                    created_at=int(time.time())),
+                "one_time": [{"id": i, "x25519": protocol.b64e(protocol.x25519_keypair()[1])} for i in (1, 2)]},
+                device)
+        claim_queries, claimed = api.counted("/api/v1/dms/prekeys/claim", {"devices": [r.id for r in recipients]},
+                                             sender)
+        if len(claimed["prekeys"]) != len(recipients):
+            raise RuntimeError(f"the claim answered {claimed}")
+    return {"send": send_queries, "sync": sync_queries, "ack": ack_queries, "claim": claim_queries,
+            "sync_messages": len(ids), "ack_ids": len(ids),
+            "_fixture": {"conv": conv, "sender": sender, "recipients": recipients}}
 
 
 def mailbox_fill(n: int, fx: Conversation, size: int) -> None:
@@ -768,12 +948,44 @@ def depth_rows(d: dict, t: dict) -> list[dict]:
     ]
 
 
+def epoch_rows(e: dict) -> list[dict]:
+    if "error" in e:
+        return [figure("new epoch: prekey claim", None, note=e["error"])]
+    n, claim, wrap, unwrap, send = e["devices"], e["claim"], e["wrap"], e["unwrap"], e["send"]
+
+    def ms(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    database = "" if claim["database_cpu_ms"] is None else f"; database {ms(claim['database_cpu_ms'])} ms"
+    send_db = ("" if send["v2_database_cpu_ms"] is None else
+               f"; database v2 / v1 {ms(send['v2_database_cpu_ms'])} / {ms(send['v1_database_cpu_ms'])} ms")
+    return [
+        figure(f"new epoch, {n} recipient devices: prekey claim p50 / p99 ms", claim["p50_ms"],
+               text=f"{claim['p50_ms']:.2f} / {claim['p99_ms']:.2f}",
+               note=f"POST /dms/prekeys/claim for {n} devices, one at a time, {e['epochs']} epochs; "
+                    f"{claim['one_time_handed_out']} one-time prekeys, none twice"),
+        figure("  server CPU ms per claim", claim["server_cpu_ms"], "{:.2f}", note=database.removeprefix("; ")),
+        figure(f"  client CPU ms: {n} v2 wraps / {n} v1 wraps", wrap["v2_client_ms_per_epoch"],
+               text=f"{wrap['v2_client_ms_per_epoch']:.2f} / {wrap['v1_client_ms_per_epoch']:.2f}",
+               note="v2: each signed prekey verified, 3 X25519 (2 without a one-time prekey); v1: 1 X25519"),
+        figure("  server CPU ms: first send with v2 / v1 wraps", send["v2_server_cpu_ms"],
+               text=f"{ms(send['v2_server_cpu_ms'])} / {ms(send['v1_server_cpu_ms'])}",
+               note=f"{e['sends']} sends of each, in alternated blocks{send_db}"),
+        figure("  recipient CPU ms per unwrap: v2 / v1", unwrap["v2_client_ms_per_wrap"],
+               text=f"{unwrap['v2_client_ms_per_wrap']:.3f} / {unwrap['v1_client_ms_per_wrap']:.3f}"),
+        figure("  prekey upload (signed + 100 one-time): server CPU ms", e["upload"]["server_cpu_ms_per_device"],
+               "{:.2f}", note="per device, as at registration"),
+    ]
+
+
 def table_rows(r: dict) -> list[dict]:
     t = r["targets"]
     rows = [row for label, run in r["runs"].items() for row in run_rows(label, run, t)]
     for run in r["runs"].values():
         if "depth" in run:
             rows += depth_rows(run["depth"], t)
+        for e in run.get("epoch", []):
+            rows += epoch_rows(e)
     p, q = r["purge"], r["queries"]
     if p:
         rows += [
@@ -784,6 +996,8 @@ def table_rows(r: dict) -> list[dict]:
         ]
     rows.append(figure("queries per send / sync / ack", q["send"], text=f"{q['send']} / {q['sync']} / {q['ack']}",
                        note=f"{r['recipients']} recipients; {q['sync_messages']} messages; {q['ack_ids']} ids"))
+    if q.get("claim") is not None:
+        rows.append(figure("queries per prekey claim", q["claim"], note=f"for {r['recipients']} devices"))
     return rows
 
 
@@ -825,14 +1039,21 @@ def main() -> int:
                         help="alternated empty/full rounds the M sends are split into (default 4)")
     parser.add_argument("--purge-rows", type=int, default=20_000,
                         help="expired messages to purge (default 20,000; `make bench-scale` purges 100,000)")
+    parser.add_argument("--epoch-sends", type=int, default=200,
+                        help="v2- and v1-wrapped first sends each in the epoch phase (default 200)")
+    parser.add_argument("--epochs", type=int, default=50,
+                        help="new epochs (prekey claims and v2-wrapped first sends) per conversation size in the "
+                             f"epoch phase (default 50, at most {ONE_TIME_PUBLISHED}; 0 skips the phase)")
+    parser.add_argument("--epoch-devices", type=web_processes, default=[4, 16],
+                        help="recipient devices of the epoch phase's conversations, e.g. 4,16 (default)")
     parser.add_argument("--url", help="a running server on this machine (default: start one)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--timeout", type=int, default=900, help="stop everything after this many seconds")
     args = parser.parse_args()
     if min(args.messages, args.recipients, args.concurrency, args.size, args.many_concurrency,
-           args.mailbox_rounds) < 1 or args.senders < 2:
+           args.mailbox_rounds) < 1 or args.senders < 2 or not 0 <= args.epochs <= ONE_TIME_PUBLISHED:
         parser.error("--messages, --recipients, --concurrency, --size, --many-concurrency and --mailbox-rounds "
-                     "must be positive, --senders at least 2")
+                     f"must be positive, --senders at least 2, --epochs 0..{ONE_TIME_PUBLISHED}")
     if args.url and urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url must be on loopback")
 
@@ -840,8 +1061,9 @@ def main() -> int:
     bench_started = time.perf_counter()
     database = BenchDatabase()
     try:
+        k = max(args.recipients, *args.epoch_devices)
         database.manage("shell", "-c", BENCH_SETTINGS.format(
-            k=args.recipients, size=ciphertext_len(args.size), request=2 * ciphertext_len(args.size) + 200 * args.recipients))
+            k=k, size=ciphertext_len(args.size), request=2 * ciphertext_len(args.size) + 400 * k))
         layer = "redis" if os.environ.get("REDIS_URL") else "embedded (Unix sockets)"
         if args.url:
             where = f"server at {args.url}, its own settings and database (no mailbox-size phase)"

@@ -82,8 +82,12 @@ def _conversation_touch_epoch(conversation: Conversation, *, now, participants: 
     conversation.save(update_fields=["epoch", "participants_sha256", "updated_at"])
 
 
+# Conversation rows are locked FOR NO KEY UPDATE (as a send's UPDATE of the row locks it): that still
+# serialises the changes of one conversation, but not the share lock an ACK's key receipts take on it
+# (their foreign key) after the ACK has locked its messages; FOR UPDATE there, then the messages
+# (dropping deliveries), deadlocked with that ACK on PostgreSQL.
 def _lock_conversation(conversation_id) -> Conversation:
-    return (Conversation.objects.select_for_update(of=("self",)).select_related("created_by")
+    return (Conversation.objects.select_for_update(of=("self",), no_key=True).select_related("created_by")
             .get(id=conversation_id))
 
 
@@ -247,8 +251,8 @@ def conversations_bump_epoch_for_users(*, user_ids: list[int], actor, now=None) 
 
     now = now or timezone.now()
     conversation_ids = ConversationMember.objects.filter(user_id__in=user_ids).values("conversation_id")
-    conversations = list(Conversation.objects.select_for_update(of=("self",)).select_related("created_by")
-                         .filter(id__in=conversation_ids).order_by("id"))
+    conversations = list(Conversation.objects.select_for_update(of=("self",), no_key=True)
+                         .select_related("created_by").filter(id__in=conversation_ids).order_by("id"))
     if not conversations:
         return []
     Conversation.objects.filter(id__in=[c.id for c in conversations]).update(

@@ -50,7 +50,7 @@ ONE_TIME_TARGET = 100  # one-time prekeys kept on the server
 ONE_TIME_LOW = 20  # ... refilled to ONE_TIME_TARGET when fewer remain
 ONE_TIME_PUT_MAX = 100  # per PUT /devices/prekeys
 V1_WRAP_GRACE_MS = DAY_S * 1000  # a v1 wrap sent later than this after we first published a signed prekey is refused
-CLAIM_PAGE = 1000  # devices per POST /dms/prekeys/claim (the recipient limit)
+CLAIM_PAGE = 500  # devices per POST /dms/prekeys/claim (the server's default recipient limit)
 LEGACY_ENV = "DMCLIENT_PROTOCOL"  # "1.1": behave as a client before v1.2 (no prekeys, v1 wraps only), for interop tests
 
 
@@ -999,7 +999,8 @@ class Client:
                     wraps = None
                 elif exc.code == "missing_key_wraps":
                     lacking = [d for d in exc.body.get("devices", []) if d in wraps]
-                    new = self._new_wraps(view, key, lacking)
+                    new = self._stored_wraps(view.conversation_id, key_id, lacking)  # a probe left them out
+                    new.update(self._new_wraps(view, key, [d for d in lacking if d not in new]))
                     withheld = sorted(d for d in lacking if new.get(d) is None)
                     if withheld:
                         raise ClientError("prekeys_withheld", "the server wants key wraps for devices it gives no "
@@ -1059,6 +1060,11 @@ class Client:
                 new.append(d)
         wraps.update(self._new_wraps(view, key, new))
         return wraps, probing
+
+    def _stored_wraps(self, conversation_id: str, key_id: str, devices: list[str]) -> dict[str, dict]:
+        rows = self.store.db.execute("SELECT device_id, wrap FROM wraps_sent WHERE conversation_id = ? AND key_id = ? "
+                                     "AND wrap IS NOT NULL", (conversation_id, key_id)).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows if r[0] in devices}
 
     def _new_wraps(self, view: ConversationView, key: bytes, devices: list[str]) -> dict[str, dict | None]:
         """New wraps of `key` for `devices` (§6b "When v2 is used"): their prekeys

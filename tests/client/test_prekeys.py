@@ -345,3 +345,38 @@ def test_stores_signed_prekey_matches_the_servers_and_no_private_key_leaves_the_
         assert protocol.b64e(priv) not in " ".join(stored)
     assert {protocol.b64e(protocol.x25519_public_of(p)) for p in privates[:100]} == {
         o.x25519 for o in OneTimePrekey.objects.filter(device__device_id=alice.device_id)}
+
+
+def test_without_one_time_prekeys_the_wrap_opens_until_the_signed_prekey_is_erased(new_client):
+    """A wrap made when the server had no one-time prekey left rests on the
+    signed prekey alone: the device (seed and store) opens it through rotation
+    and the window after it, and never once the private key is erased."""
+    alice, bob, carol = new_client("alice"), new_client("bob"), new_client("carol")
+    for _ in range(ONE_TIME_TARGET):
+        carol.call("POST", "/dms/prekeys/claim", json={"devices": [bob.device_id]})
+    cid = alice.create_conversation([bob.user_id])[0]["conversation_id"]
+    sent = alice.send(cid, "no one-time prekey left")
+    wrap = delivery(sent.message_id, bob).key_wrap
+    assert (wrap["v"], wrap["signed_prekey_id"], wrap["one_time_id"]) == (2, 1, None)
+    assert bob.sync().accepted == 1
+
+    def opens() -> bool:
+        candidates = [protocol.x25519_private(bob.device.seed)] + [bob.store.unseal(r[0]) for r in bob.store.db.execute(
+            "SELECT sealed_private FROM signed_prekeys WHERE sealed_private IS NOT NULL UNION ALL "
+            "SELECT sealed_private FROM one_time_prekeys")]
+        for priv in candidates:
+            try:
+                protocol.key_unwrap_v2(signed_prekey_priv=priv, one_time_priv=None, recipient_device=bob.device_id,
+                                       sender_device=alice.device_id, conversation_id=cid, epoch=sent.epoch, wrap=wrap)
+                return True
+            except protocol.ProtocolError:
+                pass
+        return False
+    assert opens()  # after the ACK: the signed prekey is still current
+    age_signed_prekeys(bob, SIGNED_PREKEY_ROTATE_S)
+    bob.maintain_prekeys()
+    assert opens()  # rotated, but kept for the window
+    age_signed_prekeys(bob, OLD_SIGNED_PREKEY_KEEP_S)
+    bob.maintain_prekeys()
+    assert not opens()
+    assert [m["body"] for m in bob.history(cid)] == ["no one-time prekey left"]  # the store kept the key itself

@@ -380,3 +380,26 @@ def test_without_one_time_prekeys_the_wrap_opens_until_the_signed_prekey_is_eras
     bob.maintain_prekeys()
     assert not opens()
     assert [m["body"] for m in bob.history(cid)] == ["no one-time prekey left"]  # the store kept the key itself
+
+
+def test_a_retry_within_one_send_claims_no_prekeys_again(new_client, lying):
+    """`mismatched_devices` makes the sender look at the directory again and
+    plan anew: the wraps it made for this key are kept, no prekey is claimed twice."""
+    alice, bob = new_client("alice", transport=lying), new_client("bob")
+    bob_laptop = new_client.add_device(bob, "laptop")
+    cid = alice.create_conversation([bob.user_id])[0]["conversation_id"]
+    answered = []
+
+    def once(request: httpx.Request, forward):
+        if request.url.path.endswith("/dms/send") and not answered:
+            answered.append(request)
+            return httpx.Response(409, json={"error": "mismatched_devices", "detail": "(the test)", "missing": [],
+                                             "extra": []})
+        return None
+    lying.rewrite = once
+    sent = alice.send(cid, "to both")
+    assert sent.retries == ["mismatched_devices"] and sent.key_wraps == {"v1": 0, "v2": 2}
+    claims = [json.loads(r.content)["devices"] for r in lying.requests if r.url.path.endswith("/dms/prekeys/claim")]
+    assert claims == [sorted([bob.device_id, bob_laptop.device_id])]
+    assert server_prekeys(bob)["one_time_count"] == ONE_TIME_TARGET - 1
+    assert bob.sync().accepted == 1 and bob_laptop.sync().accepted == 1

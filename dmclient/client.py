@@ -1083,20 +1083,9 @@ class Client:
                                      "AND wrap IS NOT NULL", (conversation_id, key_id)).fetchall()
         return {r[0]: json.loads(r[1]) for r in rows if r[0] in devices}
 
-    def _new_wraps(self, view: ConversationView, key: bytes, devices: list[str]) -> dict[str, dict | None]:
-        """New wraps of `key` for `devices` (§6b "When v2 is used"): their prekeys
-        claimed in one call, each signed prekey verified against the device id the
-        directory certified; v2 for every device with a signed prekey, v1 only for
-        one without (an older client) or from a server before v1.2. A device the
-        claim leaves out gets None (the server's answer to the send says why). A
-        signed prekey that does not verify is refused: never replaced by a v1 wrap."""
-        if not devices:
-            return {}
-        v1 = {d: crypto.wrap(device=self.device, recipient_device=d, conversation_id=view.conversation_id,
-                             epoch=view.epoch, group_key=key) for d in devices} if self.legacy else None
-        if v1 is not None:
-            return v1
-        claimed: dict[str, dict] | None = {}
+    def _claim(self, devices: list[str]) -> dict[str, dict] | None:
+        """POST /dms/prekeys/claim: device_id -> its entry; None from a server before v1.2."""
+        claimed: dict[str, dict] = {}
         try:
             for start in range(0, len(devices), CLAIM_PAGE):
                 chunk = devices[start:start + CLAIM_PAGE]
@@ -1108,24 +1097,54 @@ class Client:
         except ApiError as exc:
             if exc.status not in (404, 405):
                 raise
-            claimed = None  # a server before v1.2: nobody has prekeys
-        wraps, invalid = {}, []
+            return None
+        return claimed
+
+    def _new_wraps(self, view: ConversationView, key: bytes, devices: list[str]) -> dict[str, dict | None]:
+        """New wraps of `key` for `devices` (§6b "When v2 is used"): their prekeys
+        claimed in one call, each signed prekey verified against the device id the
+        directory certified; v2 for every device with a signed prekey, v1 only for
+        one without (an older client) or from a server before v1.2. A device the
+        claim leaves out gets None (the server's answer to the send says why). A
+        signed prekey that does not verify is refused: never replaced by a v1 wrap;
+        so is "no signed prekey" (or an older one) for a device that had one before."""
+        if not devices:
+            return {}
+        claimed = None if self.legacy else self._claim(devices)  # None: nobody has prekeys
+        seen = {} if self.legacy else {r[0]: r[1] for r in self.store.db.execute(
+            "SELECT device_id, signed_prekey_id FROM prekeys_seen")}
+        wraps, invalid, newest = {}, [], []
         for d in devices:
             entry = {"signed_prekey": None} if claimed is None else claimed.get(d)
             if entry is None:
                 wraps[d] = None
-            elif entry.get("signed_prekey") is None:
+            elif "signed_prekey" not in entry:
+                invalid.append({"device_id": d, "reason": "the claim answer has no signed_prekey field"})
+            elif entry["signed_prekey"] is None and d in seen:
+                # A device never takes its signed prekey back (the server drops it only with the device).
+                invalid.append({"device_id": d, "reason": f"the server says it has no signed prekey, but it handed "
+                                                          f"out this device's signed prekey {seen[d]} before"})
+            elif entry["signed_prekey"] is None:
                 wraps[d] = crypto.wrap(device=self.device, recipient_device=d, conversation_id=view.conversation_id,
                                        epoch=view.epoch, group_key=key)
             else:
                 try:
                     spk = protocol.spk_parse(entry["signed_prekey"], device=d)
                     one_time = None if entry.get("one_time") is None else protocol.otk_parse(entry["one_time"])
+                    if spk.id < seen.get(d, 0):
+                        raise protocol.ProtocolError(f"signed prekey {spk.id} is older than {seen[d]}, "
+                                                     "handed out before")
                 except protocol.ProtocolError as exc:
                     invalid.append({"device_id": d, "reason": exc.detail})
                     continue
                 wraps[d] = crypto.wrap_v2(device=self.device, recipient_device=d, conversation_id=view.conversation_id,
                                           epoch=view.epoch, group_key=key, signed_prekey=spk, one_time=one_time)
+                newest.append((d, spk.id, int(time.time())))
+        if newest:
+            with self.store.transaction() as db:
+                db.executemany("INSERT INTO prekeys_seen (device_id, signed_prekey_id, seen_at) VALUES (?, ?, ?) "
+                               "ON CONFLICT DO UPDATE SET signed_prekey_id = max(signed_prekey_id, "
+                               "excluded.signed_prekey_id), seen_at = excluded.seen_at", newest)
         if invalid:
             with self.store.transaction() as db:
                 for problem in invalid:

@@ -89,13 +89,16 @@ CREATE TABLE IF NOT EXISTS delivery_status (
 """
 # Added in schema 3 (§6b, protocol v1.2): this device's prekeys, sealed like every other
 # secret; the age of a sender key; the v2 wrap sent for a key, re-sent until the device
-# holds it (a second claim would drain the recipient's one-time prekeys for nothing).
+# holds it (a second claim would drain the recipient's one-time prekeys for nothing); the
+# latest signed prekey id seen of each device we wrapped for (no going back to none, or older).
 SCHEMA_3 = """
 CREATE TABLE IF NOT EXISTS signed_prekeys (
     id INTEGER PRIMARY KEY, sealed_private BLOB, created_at INTEGER NOT NULL, replaced_at INTEGER,
     published INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS one_time_prekeys (
     id INTEGER PRIMARY KEY, sealed_private BLOB NOT NULL, published INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS prekeys_seen (
+    device_id TEXT PRIMARY KEY, signed_prekey_id INTEGER NOT NULL, seen_at INTEGER NOT NULL);
 """
 SCHEMA_3_COLUMNS = (("sender_keys", "created_at", "INTEGER"), ("wraps_sent", "wrap", "TEXT"))
 

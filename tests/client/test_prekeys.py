@@ -403,3 +403,26 @@ def test_a_retry_within_one_send_claims_no_prekeys_again(new_client, lying):
     assert claims == [sorted([bob.device_id, bob_laptop.device_id])]
     assert server_prekeys(bob)["one_time_count"] == ONE_TIME_TARGET - 1
     assert bob.sync().accepted == 1 and bob_laptop.sync().accepted == 1
+
+
+@pytest.mark.parametrize("lie", ["none", "older"])
+def test_a_device_seen_with_a_signed_prekey_is_never_wrapped_v1_or_to_an_older_one(new_client, lying, lie):
+    alice, bob = new_client("alice", transport=lying), new_client("bob")
+    cid = alice.create_conversation([bob.user_id])[0]["conversation_id"]
+    first_spk = server_prekeys(bob)["signed_prekey"]
+    age_signed_prekeys(bob, SIGNED_PREKEY_ROTATE_S)
+    bob.maintain_prekeys()  # signed prekey 2
+    assert alice.send(cid, "to prekey 2").key_wraps == {"v1": 0, "v2": 1}
+
+    def change(entry):
+        entry["signed_prekey"] = None if lie == "none" else first_spk
+    _rewrite_claims(lying, change)
+    with alice.store.transaction() as db:  # a new sender key: a new wrap, a new claim
+        db.execute("UPDATE sender_keys SET used = ?", (crypto.MAX_KEY_USES,))
+    sends_before = sum(r.url.path.endswith("/dms/send") for r in lying.requests)
+    with pytest.raises(ClientError) as exc:
+        alice.send(cid, "downgraded by the sender's server")
+    assert exc.value.code == "invalid_prekey"
+    reason = exc.value.extra["devices"][0]["reason"]
+    assert ("handed out this device's signed prekey 2 before" if lie == "none" else "older than 2") in reason
+    assert sum(r.url.path.endswith("/dms/send") for r in lying.requests) == sends_before

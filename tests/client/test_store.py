@@ -68,7 +68,7 @@ def test_a_store_of_schema_2_gains_prekey_tables_and_key_ages(tmp_path):
     db.close()
     store = Store.open(home, PASSPHRASE)
     tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"signed_prekeys", "one_time_prekeys"} <= tables
+    assert {"signed_prekeys", "one_time_prekeys", "prekeys_seen"} <= tables
     assert "created_at" in {r[1] for r in store.db.execute("PRAGMA table_info(sender_keys)")}
     assert "wrap" in {r[1] for r in store.db.execute("PRAGMA table_info(wraps_sent)")}
     assert store.meta("schema_version") == SCHEMA_VERSION == 3

@@ -57,11 +57,14 @@ def wrap(*, device: KeyPair, recipient_device: str, conversation_id: str, epoch:
 
 
 def wrap_v2(*, device: KeyPair, recipient_device: str, conversation_id: str, epoch: int, group_key: bytes,
-            signed_prekey: protocol.SignedPrekey, one_time: tuple[int, bytes] | None) -> dict:
-    """A v2 wrap (§6b) with a verified signed prekey (and a one-time prekey if one was claimed)."""
+            signed_prekey: protocol.SignedPrekey, one_time: tuple[int, bytes] | None,
+            ephemeral_priv: bytes | None = None, nonce: bytes | None = None) -> dict:
+    """A v2 wrap (§6b) with a verified signed prekey (and a one-time prekey if one was claimed).
+    `ephemeral_priv` and `nonce` are for the vectors only: otherwise fresh, and the ephemeral gone after."""
     return protocol.key_wrap_v2(sender_seed=device.seed, sender_device=device.id, recipient_device=recipient_device,
                                 conversation_id=conversation_id, epoch=epoch, group_key=group_key,
-                                signed_prekey=signed_prekey, one_time=one_time)
+                                signed_prekey=signed_prekey, one_time=one_time, ephemeral_priv=ephemeral_priv,
+                                nonce=nonce)
 
 
 # --- receiving ----------------------------------------------------------------------

@@ -82,3 +82,31 @@ def test_claims_racing_uploads_and_a_revocation():
     # the revoked device keeps nothing; every key of the other device is handed out or still there
     assert not {k for k in left if k[0] == ids[1]}
     assert {k for k in uploaded if k[0] == ids[0]} == {k for k in set(handed) | left if k[0] == ids[0]}
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_uploads_racing_suspension_and_revocation_never_deadlock_nor_leave_prekeys(round_):
+    """An upload locks its device row only; a suspension locks the user row,
+    then the devices. Whatever commits first, a gone device keeps nothing."""
+    from devices.models import SignedPrekey, User
+    from devices.services import user_suspend
+    from decentcom.errors import ApiError
+
+    bob = make_person(3)
+    rows = [Device.objects.get(device_id=d.id) for d in bob.devices]
+
+    def uploader(row, device, first):
+        def run():
+            for i in range(4):
+                try:
+                    prekeys_upload(device=row, signed_prekey=spk(device, first + i), one_time=otks(100 * i + 1, 20))
+                except ApiError as exc:
+                    assert exc.code == "device_revoked", exc.code
+                    return
+        return run
+
+    run_together([uploader(row, device, 1) for row, device in zip(rows, bob.devices)]
+                 + [lambda: user_suspend(user=User.objects.get(username=bob.id)),
+                    lambda: device_revoke(device=rows[0])])  # fails on a DeadlockDetected
+    assert not SignedPrekey.objects.filter(device__in=rows).exists()
+    assert not OneTimePrekey.objects.filter(device__in=rows).exists()

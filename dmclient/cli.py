@@ -502,7 +502,8 @@ def cmd_dm_prekeys(args, out: Output) -> None:
         f"one-time prekeys: {info['one_time_private_keys']} private keys held, "
         + ("the server has none of ours (it predates v1.2)" if server is None else
            f"{visible(server['one_time_count'])} left on the server"),
-        f"older signed prekeys still held: {sum(1 for k in info['signed_prekeys'] if k['replaced_at'] and k['private_key_held'])}",
+        f"older signed prekeys still held: "
+        f"{sum(1 for k in info['signed_prekeys'] if k['replaced_at'] and k['private_key_held'])}",
     ]
     out.result(info, "\n".join(lines))
 

@@ -543,8 +543,8 @@ class Client:
     def prekeys(self) -> dict:
         """This device's prekeys as the store holds them, and the server's supply (`dm prekeys`)."""
         now = int(time.time())
-        rows = self.store.db.execute("SELECT id, created_at, replaced_at, published, sealed_private IS NOT NULL AS held "
-                                     "FROM signed_prekeys ORDER BY id").fetchall()
+        rows = self.store.db.execute("SELECT id, created_at, replaced_at, published, "
+                                     "sealed_private IS NOT NULL AS held FROM signed_prekeys ORDER BY id").fetchall()
         held = None
         if not self.legacy:
             try:
@@ -899,8 +899,9 @@ class Client:
         (§6b "Sender keys age"; a key from before schema 3 has no age and is replaced)."""
         now = int(time.time())
         with self.store.transaction() as db:
-            row = db.execute("SELECT generation, sealed_key, used, created_at FROM sender_keys WHERE conversation_id = ? "
-                             "AND epoch = ? ORDER BY generation DESC LIMIT 1", (conversation_id, epoch)).fetchone()
+            row = db.execute("SELECT generation, sealed_key, used, created_at FROM sender_keys "
+                             "WHERE conversation_id = ? AND epoch = ? ORDER BY generation DESC LIMIT 1",
+                             (conversation_id, epoch)).fetchone()
             if (row is not None and row["used"] < crypto.MAX_KEY_USES
                     and (row["created_at"] or 0) + crypto.MAX_KEY_AGE_S > now):
                 key = self.store.unseal(row["sealed_key"])

@@ -1,5 +1,6 @@
 """Background sync over the gateway (§9): answer heartbeats, sync on HELLO and
-DM_NOTIFY, refill one-time prekeys on PREKEYS_LOW, follow device and conversation changes and delivery status (DM_STATUS), and reconnect with
+DM_NOTIFY, refill one-time prekeys on PREKEYS_LOW (§6b), follow device and
+conversation changes and delivery status (DM_STATUS), and reconnect with
 backoff when the server or the network goes away. The WebSocket is only a
 doorbell: every message comes through `Client.sync`, so whatever was missed
 while disconnected is fetched on the HELLO that follows reconnection."""

@@ -156,7 +156,6 @@ class Client:
         self.transport = transport
         self.api = Api(self.server, transport=transport, on_wait=on_wait)
         self._refreshed: set[str] | None = None  # conversations refreshed during one sync pass
-        self._one_time_seen: set[int] = set()  # one-time prekey ids named by the deliveries of one sync page
         self.untrusted: list[dict] = []  # devices left out by `directory` since this client opened
         self._server_info: dict | None = None
         self._server_info_fetched = False
@@ -566,11 +565,13 @@ class Client:
                 "signed_prekey_id": server_spk.get("id") if isinstance(server_spk, dict) else None,
                 "one_time_count": held.get("one_time_count")}}
 
-    def _erase_one_time(self, ids: set[int]) -> None:
-        """§6b: a one-time prekey's private key goes once the delivery whose wrap used it is ACKed."""
-        if ids:
+    def _erase_used_one_time(self) -> None:
+        """§6b: one-time private keys go once the deliveries whose wraps used them are ACKed
+        (as received or as failed). Also at the start of a sync: a process that stopped
+        between a store and its ACK gets those messages again, and holds their keys."""
+        if self.store.db.execute("SELECT 1 FROM one_time_prekeys WHERE used = 1 LIMIT 1").fetchone():
             with self.store.transaction() as db:
-                db.executemany("DELETE FROM one_time_prekeys WHERE id = ?", [(i,) for i in sorted(ids)])
+                db.execute("DELETE FROM one_time_prekeys WHERE used = 1")
 
     # --- contacts and ids: local names, prefixes of known ids, safety numbers (§6) -------------
 
@@ -1307,6 +1308,7 @@ class Client:
 
     def _sync(self, *, progress, total, limit) -> SyncReport:
         report = SyncReport()
+        self._erase_used_one_time()
         if progress is not None and total is None:
             total = next((d["pending_count"] for d in self.call("GET", "/devices")["devices"] if d["current"]), None)
         after = None
@@ -1315,7 +1317,6 @@ class Client:
             while True:
                 page = self.call("POST", "/dms/sync", json={"limit": limit, **({"after": after} if after else {})})
                 ok, failed = [], []
-                self._one_time_seen = set()
                 for msg in page["messages"]:
                     accepted, ackable_id = self._receive(msg)
                     if ackable_id is not None:
@@ -1326,7 +1327,7 @@ class Client:
                         progress(report.accepted + report.failed, total)
                 if ok or failed:
                     self.call("POST", "/dms/ack", json={"message_ids": ok, "failed": failed})
-                    self._erase_one_time(self._one_time_seen)
+                    self._erase_used_one_time()
                 if page["has_more"]:
                     after = page["cursor"]
                 elif after is None or not (ok or failed):
@@ -1335,7 +1336,6 @@ class Client:
                     after = None
         finally:
             self._refreshed = None
-            self._one_time_seen = set()
 
     def _receive(self, msg: object) -> tuple[bool, str | None]:
         """Every check of §6 "Receiving", in its order; the message is stored as
@@ -1343,11 +1343,11 @@ class Client:
         message_id = msg.get("message_id") if isinstance(msg, dict) else None
         ackable = message_id if protocol.is_uuid(message_id) else None
         now = time.time()
+        one_time_id = None  # the one-time prekey the wrap names: erased at this delivery's ACK, accepted or failed
         try:
             m = crypto.parse(msg)
-            if isinstance(m.key_wrap, dict) and m.key_wrap.get("v") == 2 and m.key_wrap["one_time_id"] is not None:
-                # erased at the ACK of this delivery, whether accepted or failed (§6b)
-                self._one_time_seen.add(m.key_wrap["one_time_id"])
+            if isinstance(m.key_wrap, dict) and m.key_wrap.get("v") == 2:
+                one_time_id = m.key_wrap["one_time_id"]
             crypto.check_certificate(m, now=int(now))
             warnings = self._check_membership(m)
             crypto.check_signature(m)
@@ -1355,9 +1355,9 @@ class Client:
             plaintext = crypto.decrypt(key, m)
             self._check_time(m, plaintext, now)
             self._check_wrap_version(m, plaintext)
-            self._store_received(m, key, plaintext, warnings)
+            self._store_received(m, key, plaintext, warnings, one_time_id=one_time_id)
         except Rejected as rejected:
-            self._record_failure(msg, rejected)
+            self._record_failure(msg, rejected, one_time_id=one_time_id)
             return False, ackable
         return True, ackable
 
@@ -1486,8 +1486,10 @@ class Client:
         if plaintext["sent_at"] > now_ms + FUTURE_SKEW_MS:
             raise Rejected("from_the_future", "sent_at is more than a day ahead")
 
-    def _store_received(self, m: crypto.Incoming, key: bytes, plaintext: dict, warnings: list[str]) -> None:
+    def _store_received(self, m: crypto.Incoming, key: bytes, plaintext: dict, warnings: list[str], *,
+                        one_time_id: int | None = None) -> None:
         with self.store.transaction() as db:
+            _mark_used(db, one_time_id)
             # Checked inside the write transaction: another process on this store may be syncing too.
             seen = db.execute("SELECT stored_at FROM messages WHERE sender_device = ? AND message_id = ?",
                               (m.sender_device, m.message_id)).fetchone()
@@ -1516,10 +1518,11 @@ class Client:
                  m.policy, self.store.seal(json.dumps(plaintext).encode()), "; ".join(warnings) or None,
                  int(time.time())))
 
-    def _record_failure(self, msg: object, rejected: Rejected) -> None:
+    def _record_failure(self, msg: object, rejected: Rejected, *, one_time_id: int | None = None) -> None:
         get = msg.get if isinstance(msg, dict) else (lambda k: None)
         text = (lambda v: v if isinstance(v, str) else None)
         with self.store.transaction() as db:
+            _mark_used(db, one_time_id)
             db.execute("INSERT INTO failures (message_id, conversation_id, sender, sender_device, reason, detail, "
                        "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (str(get("message_id")), text(get("conversation_id")), text(get("sender")),
@@ -1682,6 +1685,12 @@ def _progress(counts: dict[str, int]) -> int:
 def rfc3339(seconds: int | None) -> str | None:
     return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _mark_used(db: sqlite3.Connection, one_time_id: int | None) -> None:
+    """A delivery's wrap names this one-time prekey: its private key goes at that delivery's ACK."""
+    if one_time_id is not None:
+        db.execute("UPDATE one_time_prekeys SET used = 1 WHERE id = ? AND used = 0", (one_time_id,))
 
 
 def _wrap_counts(wraps: dict) -> dict:

@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS signed_prekeys (
     id INTEGER PRIMARY KEY, sealed_private BLOB, created_at INTEGER NOT NULL, replaced_at INTEGER,
     published INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS one_time_prekeys (
-    id INTEGER PRIMARY KEY, sealed_private BLOB NOT NULL, published INTEGER NOT NULL DEFAULT 0);
+    id INTEGER PRIMARY KEY, sealed_private BLOB NOT NULL, published INTEGER NOT NULL DEFAULT 0,
+    used INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS prekeys_seen (
     device_id TEXT PRIMARY KEY, signed_prekey_id INTEGER NOT NULL, seen_at INTEGER NOT NULL);
 """

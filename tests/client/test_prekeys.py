@@ -426,3 +426,25 @@ def test_a_device_seen_with_a_signed_prekey_is_never_wrapped_v1_or_to_an_older_o
     reason = exc.value.extra["devices"][0]["reason"]
     assert ("handed out this device's signed prekey 2 before" if lie == "none" else "older than 2") in reason
     assert sum(r.url.path.endswith("/dms/send") for r in lying.requests) == sends_before
+
+
+def test_a_one_time_key_used_by_a_delivery_whose_ack_never_got_through_goes_at_the_next_sync(lying, new_client):
+    alice, bob = new_client("alice"), new_client("bob", transport=lying)
+    cid = alice.create_conversation([bob.user_id])[0]["conversation_id"]
+    sent = alice.send(cid, "acked late")
+    one_time_id = delivery(sent.message_id, bob).key_wrap["one_time_id"]
+
+    def no_ack(request: httpx.Request, forward):
+        if request.url.path.endswith("/dms/ack"):
+            return httpx.Response(503, json={"error": "unavailable", "detail": "(the test)"})
+        return None
+    lying.rewrite = no_ack
+    with pytest.raises(Exception):
+        bob.sync()
+    assert one_time_id in one_time_ids(bob)  # not ACKed: kept (marked)
+    assert delivery(sent.message_id, bob).acked_at is None
+    lying.rewrite = None
+    bob.sync()  # the message comes again; bob holds its key already
+    assert one_time_id not in one_time_ids(bob)
+    assert delivery(sent.message_id, bob).acked_at is not None
+    assert [m["body"] for m in bob.history(cid)] == ["acked late"]

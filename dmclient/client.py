@@ -259,8 +259,10 @@ class Client:
         self.api.close()
         self.server, self.api = server, Api(server, transport=self.transport, on_wait=self.api.on_wait)
         self._server_info_fetched = False
+        self._prekeys_checked = False
         if session is not None:
             self._adopt(session)
+            self._prekeys_after_registration()  # a server that just registered this device has none of its prekeys
         return self.whoami()
 
     # --- sessions (§3) --------------------------------------------------------------------------

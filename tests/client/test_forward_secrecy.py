@@ -289,3 +289,19 @@ def test_prekeys_low_makes_a_listener_refill(daphne_server, cli):
     info = bob.run("dm", "prekeys")
     assert info["server"]["one_time_count"] == ONE_TIME_TARGET
     assert info["one_time_private_keys"] == ONE_TIME_TARGET + 81  # the claimed ones wait for a delivery naming them
+
+
+def test_server_set_to_a_server_without_our_prekeys_publishes_them_there(daphne_server, cli):
+    from tests.live import LiveDatabase, LiveServer
+
+    alice = cli("alice").init(daphne_server.url, "phone")
+    other_db = LiveDatabase()
+    other = LiveServer(other_db)
+    try:
+        assert alice.run("server", "set", other.url)["server"] == other.url  # registers the device there
+        info = alice.run("dm", "prekeys")
+        assert info["server"] == {"signed_prekey_id": 1, "one_time_count": ONE_TIME_TARGET}
+        assert info["one_time_private_keys"] == 2 * ONE_TIME_TARGET  # new ones for the new server
+    finally:
+        other.stop()
+        other_db.close()

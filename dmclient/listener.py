@@ -1,5 +1,6 @@
 """Background sync over the gateway (§9): answer heartbeats, sync on HELLO and
-DM_NOTIFY, follow device and conversation changes and delivery status (DM_STATUS), and reconnect with
+DM_NOTIFY, refill one-time prekeys on PREKEYS_LOW (§6b), follow device and
+conversation changes and delivery status (DM_STATUS), and reconnect with
 backoff when the server or the network goes away. The WebSocket is only a
 doorbell: every message comes through `Client.sync`, so whatever was missed
 while disconnected is fetched on the HELLO that follows reconnection."""
@@ -22,6 +23,7 @@ CLOSE_REVOKED = 4003
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 SYNC_RETRY_S = 5.0
+PREKEYS_CHECK_S = 3600.0  # how often a listener looks whether its signed prekey is due for rotation (§6b)
 
 
 def gateway_url(server: str) -> str:
@@ -53,7 +55,8 @@ class Listener:
 
     async def run(self) -> None:
         """Until this device is revoked (raises `Revoked`) or the task is cancelled."""
-        tasks = [asyncio.create_task(self._connect_loop()), asyncio.create_task(self._sync_loop())]
+        tasks = [asyncio.create_task(self._connect_loop()), asyncio.create_task(self._sync_loop()),
+                 asyncio.create_task(self._prekeys_loop())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -125,6 +128,13 @@ class Listener:
             return True
         elif op == "DM_NOTIFY":
             self.sync_wanted.set()
+        elif op == "PREKEYS_LOW":  # our one-time prekeys ran low on the server (§6b, §9): refill them
+            try:
+                held = await self._worker(self.client.maintain_prekeys)
+            except (ApiError, NetworkError, ClientError) as exc:
+                self.emit({"event": "prekeys_failed", "detail": str(exc)})
+            else:
+                self.emit({"event": "prekeys_refilled", "one_time_count": (held or {}).get("one_time_count")})
         elif op == "DM_STATUS":  # a delivery state of one of our messages changed (§7a)
             item = await self._worker(self.client.apply_status_event, d)
             if item is not None:
@@ -147,6 +157,15 @@ class Listener:
             self.client.store.event_add(db, kind="device_added" if op == "DEVICE_ADD" else "device_revoked",
                                         detail={"device_id": d.get("device_id"), "name": d.get("name")})
         self.client.directory(self.client.user_id, refresh=True)
+
+    async def _prekeys_loop(self) -> None:
+        """A listener may run for weeks without a sync: rotation (local, no request unless due) hourly."""
+        while True:
+            await asyncio.sleep(PREKEYS_CHECK_S)
+            try:
+                await self._worker(self.client.maintain_prekeys, check_server=False)
+            except (ApiError, NetworkError, ClientError) as exc:
+                self.emit({"event": "prekeys_failed", "detail": str(exc)})
 
     # --- syncing --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ Methods (params by name):
   history {conversation, limit?=50}                   -> {conversation_id, messages}
   devices {}                                          -> {devices}
   contacts {}                                         -> {contacts}: the users of your conversations
+  prekeys {refresh?=false}                            -> this device's prekeys and the server's supply (§6b)
 Errors: the JSON-RPC codes for malformed input; -32000 for the client's and
 the server's refusals, with `data` = `{"error": code, "detail": ..., ...}`.
 """
@@ -56,7 +57,8 @@ class Rpc:
         self.gateway = "connecting" if listen else "off"
         self.methods = {"send": self.send, "read": self.read, "status": self.status,
                         "conversations": self.conversations, "create_conversation": self.create_conversation,
-                        "history": self.history, "devices": self.devices, "contacts": self.contacts}
+                        "history": self.history, "devices": self.devices, "contacts": self.contacts,
+                        "prekeys": self.prekeys}
 
     # --- notifications -------------------------------------------------------------------
 
@@ -143,6 +145,11 @@ class Rpc:
 
     def devices(self) -> dict:
         return {"devices": self.client.devices()}
+
+    def prekeys(self, *, refresh: bool = False) -> dict:
+        if refresh:
+            self.client.maintain_prekeys()
+        return self.client.prekeys()
 
     def contacts(self) -> dict:
         """The users this device shares a conversation with (from its own record)."""

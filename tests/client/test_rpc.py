@@ -98,6 +98,8 @@ def test_jsonrpc_over_standard_input_and_output(daphne_server, cli):
         assert [c["conversation_id"] for c in bot.result("conversations")["conversations"]] == [cid]
         assert bot.result("contacts") == {"contacts": [{"user_id": alice.user_id, "conversations": [cid]}]}
         assert [d["device_id"] for d in bot.result("devices")["devices"]] == [bob.device_id]
+        prekeys = bot.result("prekeys", refresh=True)
+        assert [k["id"] for k in prekeys["signed_prekeys"]] == [1] and prekeys["server"]["one_time_count"] == 99  # alice claimed one
         assert [m["body"] for m in bot.result("history", conversation=cid)["messages"]] == ["hello bot", "hello human"]
 
         assert bot.raw("{not json", None)["error"]["code"] == -32700

@@ -209,3 +209,44 @@ def test_tampered_vector_fails_signature_and_aead(vectors, received):
     with pytest.raises(Rejected) as exc:
         crypto.decrypt(key, m)  # the epoch is in the AAD
     assert exc.value.reason == "bad_ciphertext"
+
+
+@pytest.mark.parametrize("case", ["key_wrap_v2", "key_wrap_v2_no_one_time"])
+def test_key_wrap_v2_through_send_and_receive(vectors, received, case):
+    """§6b: the v2 vectors made by crypto.wrap_v2 from the verified signed prekey
+    (as `_new_wraps` does), and opened on receipt with the prekeys' private keys."""
+    v, spk_v, otk_v = vectors[case], vectors["signed_prekey"], vectors["one_time_prekey"]
+    phone, laptop = keys(vectors, "alice_phone"), keys(vectors, "bob_laptop")
+    assert (phone.id, laptop.id) == (v["sender_device"], v["recipient_device"])
+    spk = protocol.spk_parse(spk_v["wire"], device=laptop.id)
+    assert spk.id == v["signed_prekey_id"]
+    one_time = None if v["one_time_id"] is None else protocol.otk_parse(otk_v["public"])
+    wrap = crypto.wrap_v2(device=phone, recipient_device=laptop.id, conversation_id=v["conversation_id"],
+                          epoch=v["epoch"], group_key=bytes.fromhex(v["group_key_hex"]), signed_prekey=spk,
+                          one_time=one_time, ephemeral_priv=bytes.fromhex(v["ephemeral_priv_hex"]),
+                          nonce=protocol.b64d(v["wrap"]["nonce"]))
+    assert wrap == v["wrap"]
+    m = crypto.parse({**received, "key_wrap": v["wrap"]})
+    key = crypto.unwrap_v2(laptop, m, signed_prekey_priv=bytes.fromhex(spk_v["x25519_priv_hex"]),
+                           one_time_priv=None if one_time is None else bytes.fromhex(otk_v["x25519_priv_hex"]))
+    assert key.hex() == v["group_key_hex"]
+    assert crypto.decrypt(key, m)["body"] == "hello bob — ünïcödé ✓"
+    # another one-time private key (or none where one is named) does not open it
+    with pytest.raises(Rejected) as exc:
+        crypto.unwrap_v2(laptop, m, signed_prekey_priv=bytes.fromhex(otk_v["x25519_priv_hex"]),
+                         one_time_priv=None if one_time is None else bytes.fromhex(spk_v["x25519_priv_hex"]))
+    assert exc.value.reason == "bad_key_wrap"
+
+
+@pytest.mark.parametrize("change", [
+    {"ephemeral": "AAAA"}, {"nonce": "AAAA"}, {"signed_prekey_id": 0}, {"one_time_id": -1}, {"one_time_id": True},
+    {"v": 3}, {"extra": 1}, "drop_ephemeral"])
+def test_a_v2_wrap_of_another_shape_makes_a_message_malformed(vectors, received, change):
+    wrap = dict(vectors["key_wrap_v2"]["wrap"])
+    if change == "drop_ephemeral":
+        del wrap["ephemeral"]
+    else:
+        wrap.update(change)
+    with pytest.raises(Rejected) as exc:
+        crypto.parse({**received, "key_wrap": wrap})
+    assert exc.value.reason == "malformed"

@@ -2,19 +2,20 @@ from django.conf import settings
 from django.http.request import split_domain_port
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
+from drf_spectacular.utils import (OpenApiParameter, extend_schema, extend_schema_field, extend_schema_serializer,
+                                   inline_serializer)
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dmclient import protocol
-from decentcom.errors import AUTHENTICATED, JSON_BODY, ApiError, error_responses
+from decentcom.errors import AUTHENTICATED, DEVICE_SESSION, JSON_BODY, ApiError, error_responses
 from decentcom.ratelimit import client_address
 from decentcom.fields import B58KeyField, B64Field, CertificateField, StrictCharField
 from decentcom.timefmt import rfc3339
 from devices import selectors, services
-from devices.auth import IsAnySession
+from devices.auth import IsAnySession, IsDeviceSession
 from devices.models import Device
 
 
@@ -204,3 +205,59 @@ class DeviceRevokeApi(APIView):
             raise ApiError(403, "forbidden", "needs the master key, manage_devices, or the device itself")
         services.device_revoke(device=device)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- prekeys (§6b) -------------------------------------------------------------------
+
+@extend_schema_field({"type": "object", "description": "wire signed prekey (PROTOCOL.md §6b): "
+                      '{"v": 1, "device", "id", "x25519", "created_at", "signature"}', "additionalProperties": True})
+class SignedPrekeyWireField(serializers.DictField):
+    pass
+
+
+class OneTimePrekeySerializer(serializers.Serializer):
+    id = serializers.IntegerField(min_value=1, max_value=protocol.MAX_PREKEY_ID)
+    x25519 = serializers.CharField(help_text="base64 X25519 public key (32 bytes)")
+
+
+class PrekeysApi(APIView):
+    """The calling device's prekeys (§6b). PUT: a newer signed prekey and/or
+    more one-time prekeys (at most 100 a request, 200 stored); GET: what is stored."""
+
+    permission_classes = [IsDeviceSession]
+
+    @extend_schema_serializer(component_name="PrekeysUploadInput")
+    class InputSerializer(serializers.Serializer):
+        signed_prekey = SignedPrekeyWireField(required=False, help_text=(
+            "signed by the calling device and naming it; its id above the stored one (else 409 stale_prekey)"))
+        one_time = OneTimePrekeySerializer(many=True, required=False, help_text=(
+            f"at most {services.MAX_ONE_TIME_PER_UPLOAD}; ids already stored are ignored; at most "
+            f"{services.MAX_ONE_TIME_PREKEYS} are stored per device (else 409 too_many_prekeys)"))
+
+    @extend_schema(operation_id="devices_prekeys_get", responses={200: inline_serializer("PrekeysOutput", {
+        "signed_prekey": SignedPrekeyWireField(allow_null=True),
+        "one_time_count": serializers.IntegerField()}), **error_responses(*DEVICE_SESSION)})
+    def get(self, request):
+        device = request.auth.device
+        summary = selectors.prekeys_summary(device_pks=[device.pk])[device.pk]
+        return Response(summary)
+
+    @extend_schema(operation_id="devices_prekeys_put", request=InputSerializer,
+                   responses={200: inline_serializer("PrekeysUploadOutput", {
+                       "signed_prekey_id": serializers.IntegerField(allow_null=True),
+                       "one_time_count": serializers.IntegerField()}),
+                       **error_responses(*DEVICE_SESSION, *JSON_BODY, 409)})
+    def put(self, request):
+        data = request.data
+        if type(data) is not dict or not data.keys() <= {"signed_prekey", "one_time"}:
+            extra = sorted(data.keys() - {"signed_prekey", "one_time"}) if type(data) is dict else []
+            raise ApiError(400, "invalid_request", "the body is {\"signed_prekey\"?, \"one_time\"?}"
+                           + (f"; unexpected {extra}" if extra else ""))
+        one_time = data.get("one_time")
+        if one_time is not None and type(one_time) is not list:
+            raise ApiError(400, "invalid_request", "one_time must be a list")
+        if one_time is not None and len(one_time) > services.MAX_ONE_TIME_PER_UPLOAD:
+            raise ApiError(400, "invalid_request",
+                           f"one_time: at most {services.MAX_ONE_TIME_PER_UPLOAD} one-time prekeys per upload")
+        return Response(services.prekeys_upload(device=request.auth.device, signed_prekey=data.get("signed_prekey"),
+                                                one_time=one_time))

@@ -130,3 +130,32 @@ class AuthSession(models.Model):
     @property
     def is_master(self) -> bool:
         return self.device_id is None
+
+
+class SignedPrekey(models.Model):
+    """A device's current signed prekey (§6b), its wire form as uploaded:
+    verified against the device key then, handed out as is."""
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, primary_key=True, related_name="signed_prekey")
+    prekey_id = models.PositiveBigIntegerField()
+    # The JSON text as received (key order kept), not a JSONField: PostgreSQL's jsonb would reorder it.
+    wire = models.TextField()
+    created_at = models.DateTimeField(help_text="the prekey's own created_at (signed by the device)")
+    uploaded_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "device_signed_prekeys"
+
+
+class OneTimePrekey(models.Model):
+    """One of a device's one-time prekeys (§6b): handed out once, deleted as it is."""
+
+    # No index of its own: the unique constraint leads with it (and serves "lowest id first").
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="one_time_prekeys", db_index=False)
+    prekey_id = models.PositiveBigIntegerField()
+    x25519 = models.CharField(max_length=44)
+    uploaded_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "device_one_time_prekeys"
+        constraints = [models.UniqueConstraint(fields=["device", "prekey_id"], name="device_otk_unique")]

@@ -1,6 +1,7 @@
 import datetime as dt
 import functools
 import hashlib
+import json
 
 from django.db import connection
 from django.db.models import Count, Q
@@ -8,7 +9,7 @@ from django.utils import timezone
 
 from decentcom import sql
 from dmclient import protocol
-from devices.models import AuthSession, Device, User
+from devices.models import AuthSession, Device, OneTimePrekey, SignedPrekey, User
 
 
 @functools.lru_cache(maxsize=4096)
@@ -78,3 +79,13 @@ def device_list_for_owner(*, user: User) -> list[Device]:
 
 def device_get_for_user(*, user: User, device_id: str) -> Device | None:
     return Device.objects.filter(user=user, device_id=device_id).first()
+
+
+def prekeys_summary(*, device_pks: list[int]) -> dict[int, dict]:
+    """Per device: its signed prekey's wire form (or None) and how many
+    one-time prekeys it has stored. Two queries whatever the number of devices."""
+    wires = dict(SignedPrekey.objects.filter(device_id__in=device_pks).values_list("device_id", "wire"))
+    counts = dict(OneTimePrekey.objects.filter(device_id__in=device_pks).values("device_id")
+                  .annotate(n=Count("id")).values_list("device_id", "n"))
+    return {pk: {"signed_prekey": json.loads(wires[pk]) if pk in wires else None,
+                 "one_time_count": counts.get(pk, 0)} for pk in device_pks}

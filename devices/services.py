@@ -1,19 +1,20 @@
 import datetime as dt
+import json
 import logging
 import secrets
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from dmclient import protocol
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
 from devices.mailbox import mailbox
-from devices.models import AuthSession, Challenge, Device, User
-from devices.selectors import token_sha256
+from devices.models import AuthSession, Challenge, Device, OneTimePrekey, SignedPrekey, User
+from devices.selectors import prekeys_summary, token_sha256
 from gateway.notify import (close_device_connections_on_commit, close_user_connections_on_commit,
-                            notify_users_on_commit)
+                            notify_devices_on_commit, notify_users_on_commit)
 
 logger = logging.getLogger("devices.services")
 
@@ -234,6 +235,7 @@ def device_revoke(*, device: Device, reason: str = "revoked") -> None:
             device.revoked_at = Device.objects.get(pk=device.pk).revoked_at
             return
         AuthSession.objects.filter(device_id=device.pk).delete()
+        prekeys_delete(device_ids=[device.pk])
         mailbox().deliveries_drop_for_devices(device_ids=[device.pk])
         notify_users_on_commit(user_ids=[user.username], op="DEVICE_REVOKE",
                                d={"device_id": device.device_id, "name": device.name})
@@ -262,6 +264,7 @@ def user_suspend(*, user: User) -> bool:
         locked.save(update_fields=["suspended_at"])
         AuthSession.objects.filter(user=locked).delete()
         all_devices = list(Device.objects.filter(user=locked).values_list("pk", flat=True))
+        prekeys_delete(device_ids=all_devices)
         mailbox().deliveries_drop_for_devices(device_ids=all_devices)
         for device in devices:
             notify_users_on_commit(user_ids=[locked.username], op="DEVICE_REVOKE",
@@ -291,3 +294,118 @@ def user_unsuspend(*, user: User) -> bool:
     user.suspended_at = None
     logger.info("user suspension lifted: user=%s devices=%d", locked.username[:8], len(devices))
     return True
+
+
+# --- prekeys (§6b) -----------------------------------------------------------------------
+
+MAX_ONE_TIME_PREKEYS = 200
+MAX_ONE_TIME_PER_UPLOAD = 100
+PREKEYS_LOW_BELOW = 20
+
+
+def prekeys_delete(*, device_ids: list[int]) -> int:
+    """A device is gone (revoked, expired, its user suspended): its prekeys go
+    with it, in the caller's transaction. Returns the rows deleted."""
+    if not device_ids:
+        return 0
+    signed = SignedPrekey.objects.filter(device_id__in=device_ids).delete()[0]
+    return signed + OneTimePrekey.objects.filter(device_id__in=device_ids).delete()[0]
+
+
+def prekeys_upload(*, device: Device, signed_prekey: object = None, one_time: list | None = None) -> dict:
+    """`PUT /devices/prekeys` (§6b): a newer signed prekey and/or more
+    one-time prekeys for the calling device. All or nothing, one transaction
+    with the device row locked (concurrent uploads of one device queue; a
+    revocation or suspension either runs first, and the upload is refused,
+    or after, and deletes what it stored)."""
+    spk = None if signed_prekey is None else protocol.spk_parse(signed_prekey, device=device.device_id)
+    otks = [protocol.otk_parse(value) for value in one_time or []]
+    if len(otks) > MAX_ONE_TIME_PER_UPLOAD:
+        raise ApiError(400, "invalid_prekey", f"at most {MAX_ONE_TIME_PER_UPLOAD} one-time prekeys per upload")
+    ids = [prekey_id for prekey_id, _ in otks]
+    if len(set(ids)) != len(ids):
+        raise ApiError(400, "invalid_prekey", "a one-time prekey id appears twice in this upload")
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Device.objects.select_for_update(no_key=True).select_related("user").get(pk=device.pk)
+        if not locked.is_active(now) or locked.user.is_suspended:
+            raise ApiError(403, "device_revoked", "this device is no longer active")
+        current = SignedPrekey.objects.filter(device=locked).first()
+        if spk is not None:
+            if current is not None and spk.id <= current.prekey_id:
+                raise ApiError(409, "stale_prekey", f"signed prekey id must be above {current.prekey_id}",
+                               signed_prekey_id=current.prekey_id)
+            values = dict(prekey_id=spk.id, wire=json.dumps(spk.wire, separators=(",", ":")),
+                          created_at=_ts(spk.created_at), uploaded_at=now)
+            if current is None:
+                current = SignedPrekey.objects.create(device=locked, **values)
+            else:
+                SignedPrekey.objects.filter(device=locked).update(**values)
+                current.prekey_id = spk.id
+        stored = OneTimePrekey.objects.filter(device=locked).count()
+        if otks:
+            known = set(OneTimePrekey.objects.filter(device=locked, prekey_id__in=ids)
+                        .values_list("prekey_id", flat=True))
+            new = [(prekey_id, pub) for prekey_id, pub in otks if prekey_id not in known]
+            if stored + len(new) > MAX_ONE_TIME_PREKEYS:
+                raise ApiError(409, "too_many_prekeys",
+                               f"at most {MAX_ONE_TIME_PREKEYS} one-time prekeys are stored per device "
+                               f"({stored} stored, {len(new)} new)", one_time_count=stored,
+                               max_one_time=MAX_ONE_TIME_PREKEYS)
+            OneTimePrekey.objects.bulk_create([
+                OneTimePrekey(device=locked, prekey_id=prekey_id, x25519=protocol.b64e(pub), uploaded_at=now)
+                for prekey_id, pub in new])
+            stored += len(new)
+    if spk is not None or otks:
+        logger.info("prekeys uploaded: device=%s signed=%s one_time=%d", device.device_id[:8],
+                    spk.id if spk else "-", len(otks))
+    return {"signed_prekey_id": current.prekey_id if current else None, "one_time_count": stored}
+
+
+def prekeys_claim_rate_check(*, device: Device, conf=None) -> None:
+    """Every claim counts, per calling device: each one drains supplies (§6b)."""
+    conf = conf or mailbox().server_settings_get()
+    wait = rate_limit_hit(scope="prekey-claim", key=device.device_id, limit=conf.prekey_claim_rate_per_device,
+                          window_s=60)
+    if wait:
+        raise _too_many("too many prekey claims, slow down", wait)
+
+
+def prekeys_claim(*, device_ids: list[str], now=None) -> list[dict]:
+    """`POST /dms/prekeys/claim` (§6b): for each active device among
+    `device_ids` (in their order) its signed prekey and its lowest one-time
+    prekey, which is deleted in this transaction. One statement takes them
+    all: on PostgreSQL each device's row is locked with SKIP LOCKED, so
+    concurrent claims never hand out one key twice nor wait on each other
+    (SQLite has a single writer). PREKEYS_LOW after commit to each device
+    whose supply this claim brought below 20."""
+    now = now or timezone.now()
+    devices = {d.device_id: d for d in Device.objects.active(now).filter(device_id__in=device_ids)}
+    if not devices:
+        return []
+    pks = sorted(d.pk for d in devices.values())
+    taken: dict[int, dict] = {}
+    with transaction.atomic(), connection.cursor() as cursor:
+        values = ", ".join(["(%s)"] * len(pks))
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "DELETE FROM device_one_time_prekeys WHERE id IN (SELECT p.id FROM (VALUES "
+                f"{values}) AS d(device_id) CROSS JOIN LATERAL (SELECT o.id FROM device_one_time_prekeys o "
+                "WHERE o.device_id = d.device_id ORDER BY o.prekey_id LIMIT 1 FOR UPDATE SKIP LOCKED) p) "
+                "RETURNING device_id, prekey_id, x25519", pks)
+        else:
+            cursor.execute(
+                "DELETE FROM device_one_time_prekeys WHERE id IN (SELECT (SELECT o.id FROM device_one_time_prekeys o "
+                f"WHERE o.device_id = d.column1 ORDER BY o.prekey_id LIMIT 1) FROM (VALUES {values}) AS d) "
+                "RETURNING device_id, prekey_id, x25519", pks)
+        for device_pk, prekey_id, x25519 in cursor.fetchall():
+            taken[device_pk] = {"id": prekey_id, "x25519": x25519}
+        summaries = prekeys_summary(device_pks=pks)
+        low = {d.device_id: ("PREKEYS_LOW", {"one_time_count": summaries[d.pk]["one_time_count"]})
+               for d in devices.values()
+               if d.pk in taken and summaries[d.pk]["one_time_count"] < PREKEYS_LOW_BELOW}
+        if low:
+            notify_devices_on_commit(events=low)
+    return [{"device_id": device_id, "signed_prekey": summaries[devices[device_id].pk]["signed_prekey"],
+             "one_time": taken.get(devices[device_id].pk)}
+            for device_id in device_ids if device_id in devices]

@@ -37,7 +37,7 @@ class ServerSettingsAdmin(admin.ModelAdmin):
                                "max_request_bytes", "effective_max_request_bytes",
                                "max_gateway_connections_per_device",
                                "max_gateway_master_connections_per_user")}),
-        ("Rate limits", {"fields": ("send_rate_per_device", "send_rate_per_user",
+        ("Rate limits", {"fields": ("send_rate_per_device", "send_rate_per_user", "prekey_claim_rate_per_device",
                                     "challenge_rate_per_ip", "registration_rate_per_user",
                                     "group_creation_rate_per_user")}),
     )

@@ -8,7 +8,8 @@ from rest_framework.views import APIView
 from dmclient import protocol
 from decentcom.errors import DEVICE_SESSION, JSON_BODY, ApiError, error_responses
 from decentcom.fields import B58KeyField
-from devices.apis import b58_path, is_key_id, server_origin
+from devices import services as device_services
+from devices.apis import OneTimePrekeySerializer, SignedPrekeyWireField, b58_path, is_key_id, server_origin
 from dms import selectors, services
 from dms.selectors import conversation_participants_map
 from dms.serializers import (AckInput, AckOutput, ConversationOutput, DeliveryStatusOutput, MessagePageOutput,
@@ -160,10 +161,7 @@ class DmSendApi(APIView):
             message_id=v["message_id"], conversation_id=v["conversation_id"], epoch=v["epoch"],
             key_id=protocol.b64e(v["key_id"]), participants_sha256=protocol.b64e(v["participants_sha256"]),
             retention=v["retention"], nonce=v["nonce"], ciphertext=v["ciphertext"], signature=v["signature"],
-            recipients=[services.Recipient(
-                device_id=r["device_id"],
-                wrap=None if r["key_wrap"] is None else {k: protocol.b64e(b) for k, b in r["key_wrap"].items()})
-                for r in v["recipients"]]))
+            recipients=[services.Recipient(device_id=r["device_id"], wrap=r["key_wrap"]) for r in v["recipients"]]))
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -176,6 +174,39 @@ class DmSyncApi(APIView):
         return Response(selectors.dm_list_pending_for_device(
             device=request.auth.device, limit=data.validated_data["limit"], after=data.validated_data.get("after"),
             conf=selectors.server_settings_for_request(request)))
+
+
+class PrekeysClaimApi(APIView):
+    """§6b: the signed prekey and one one-time prekey (handed out once, deleted
+    as it is) of each active device named; others are left out."""
+
+    @extend_schema_serializer(component_name="PrekeysClaimInput")
+    class InputSerializer(serializers.Serializer):
+        devices = serializers.ListField(child=B58KeyField(), help_text="at most the recipient limit; no duplicates")
+
+        def validate_devices(self, value):
+            if len(value) != len(set(value)):
+                raise serializers.ValidationError("a device appears twice")
+            return value
+
+    class ClaimedSerializer(serializers.Serializer):
+        device_id = serializers.CharField()
+        signed_prekey = SignedPrekeyWireField(allow_null=True)
+        one_time = OneTimePrekeySerializer(allow_null=True)
+
+    @extend_schema(operation_id="dms_prekeys_claim", request=InputSerializer, responses={
+        200: inline_serializer("PrekeysClaimOutput", {"prekeys": ClaimedSerializer(many=True)}),
+        **error_responses(*DEVICE_SESSION, *JSON_BODY, 429)})
+    def post(self, request):
+        conf = selectors.server_settings_for_request(request)
+        device_services.prekeys_claim_rate_check(device=request.auth.device, conf=conf)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        device_ids = data.validated_data["devices"]
+        if len(device_ids) > conf.max_recipients_per_message:
+            raise ApiError(400, "too_many_recipients", f"at most {conf.max_recipients_per_message} devices",
+                           max_recipients=conf.max_recipients_per_message)
+        return Response({"prekeys": device_services.prekeys_claim(device_ids=device_ids)})
 
 
 class DmAckApi(APIView):

@@ -38,6 +38,8 @@ class ServerSettings(models.Model):
     max_gateway_master_connections_per_user = models.PositiveIntegerField(
         default=5, validators=[MinValueValidator(1)], help_text="gateway connections of a user's master sessions")
     max_recipients_per_message = models.PositiveIntegerField(default=500, validators=[MinValueValidator(1)])
+    prekey_claim_rate_per_device = models.PositiveIntegerField(
+        default=120, help_text="prekey claims per minute per calling device (§6b); 0 = no limit")
     max_request_bytes = models.PositiveIntegerField(
         default=256 * 1024, validators=[MinValueValidator(1024)],
         help_text="request bodies over this are refused with 413; the smaller of this and the environment's "
@@ -143,6 +145,10 @@ class Delivery(models.Model):
     device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="dms_deliveries")
     wrap_nonce = models.CharField(max_length=16, null=True)
     wrapped_key = models.CharField(max_length=64, null=True)
+    # A v2 wrap's extras (§6b); wrap_ephemeral set means v2 (its nonce and wrapped_key are the two above).
+    wrap_signed_prekey_id = models.PositiveBigIntegerField(null=True)
+    wrap_one_time_id = models.PositiveBigIntegerField(null=True)
+    wrap_ephemeral = models.CharField(max_length=44, null=True)
     created_at = models.DateTimeField()
     acked_at = models.DateTimeField(null=True)
 
@@ -160,9 +166,18 @@ class Delivery(models.Model):
 
     @property
     def key_wrap(self) -> dict | None:
-        if self.wrapped_key is None:
-            return None
-        return {"nonce": self.wrap_nonce, "wrapped_key": self.wrapped_key}
+        return key_wrap_wire(self.wrap_nonce, self.wrapped_key, self.wrap_signed_prekey_id, self.wrap_one_time_id,
+                             self.wrap_ephemeral)
+
+
+def key_wrap_wire(nonce, wrapped_key, signed_prekey_id, one_time_id, ephemeral) -> dict | None:
+    """A stored wrap as it was sent: v1 `{nonce, wrapped_key}`, or v2's six keys in the order of §6b."""
+    if wrapped_key is None:
+        return None
+    if ephemeral is None:
+        return {"nonce": nonce, "wrapped_key": wrapped_key}
+    return {"v": 2, "signed_prekey_id": signed_prekey_id, "one_time_id": one_time_id, "ephemeral": ephemeral,
+            "nonce": nonce, "wrapped_key": wrapped_key}
 
 
 class Mailbox(models.Model):

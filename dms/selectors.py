@@ -13,7 +13,7 @@ from decentcom.errors import ApiError
 from decentcom.timefmt import rfc3339
 from devices.models import Device, User
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, PendingDm, Policy, PurgeRun,
-                        ServerSettings, UsedMessageId)
+                        ServerSettings, UsedMessageId, key_wrap_wire)
 from dms.wire import conversation_wire
 
 MAX_IDS_PER_STATEMENT = 10_000  # SQLite takes at most 32,766 parameters
@@ -37,7 +37,7 @@ def server_settings_get() -> ServerSettings:
     return rows.build(row)
 
 
-PROTOCOL_VERSION = "1.1"  # "1.2" once forward secrecy (§6b) is served
+PROTOCOL_VERSION = "1.2"  # §6b forward secrecy: prekeys and key wrap v2
 
 
 def server_description(*, origin: str, conf: ServerSettings) -> dict:
@@ -188,7 +188,8 @@ def dm_list_pending_for_device(*, device, limit: int, after: str | None, conf: S
     conf = conf or server_settings_get()
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT d.id, d.wrap_nonce, d.wrapped_key, m.message_id, m.conversation_id, m.epoch, m.key_id, "
+            "SELECT d.id, d.wrap_nonce, d.wrapped_key, d.wrap_signed_prekey_id, d.wrap_one_time_id, d.wrap_ephemeral, "
+            "m.message_id, m.conversation_id, m.epoch, m.key_id, "
             "m.participants_sha256, m.nonce, m.ciphertext, m.signature, m.created_at, m.expires_at, m.policy, "
             "m.sender_device_id, s.device_id, s.certificate, u.username "
             "FROM dm_deliveries d JOIN pending_dms m ON m.message_id = d.message_id "
@@ -202,7 +203,8 @@ def dm_list_pending_for_device(*, device, limit: int, after: str | None, conf: S
     rows = rows[:limit]
     certificates = {}  # one parse per sender device
     messages = []
-    for (_, wrap_nonce, wrapped_key, message_id, conversation_id, epoch, key_id, participants_sha256, nonce,
+    for (_, wrap_nonce, wrapped_key, wrap_spk, wrap_otk, wrap_ephemeral, message_id, conversation_id, epoch, key_id,
+         participants_sha256, nonce,
          ciphertext, signature, created_at, expires_at, policy, sender_pk, sender_device, certificate,
          sender) in rows:
         if sender_pk not in certificates:
@@ -219,7 +221,7 @@ def dm_list_pending_for_device(*, device, limit: int, after: str | None, conf: S
             "nonce": nonce,
             "ciphertext": protocol.b64e(ciphertext),
             "signature": signature,
-            "key_wrap": None if wrapped_key is None else {"nonce": wrap_nonce, "wrapped_key": wrapped_key},
+            "key_wrap": key_wrap_wire(wrap_nonce, wrapped_key, wrap_spk, wrap_otk, wrap_ephemeral),
             "created_at": sql.rfc3339_value(created_at),
             "expires_at": sql.rfc3339_value(expires_at),
             "policy": policy,
@@ -235,7 +237,10 @@ def dm_list_history(*, conversation: Conversation, device, limit: int, before: s
                 .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
                 .filter(Q(sender_device=device) | Exists(mine))
                 .annotate(my_wrap_nonce=Subquery(mine.values("wrap_nonce")[:1]),
-                          my_wrapped_key=Subquery(mine.values("wrapped_key")[:1]))
+                          my_wrapped_key=Subquery(mine.values("wrapped_key")[:1]),
+                          my_wrap_spk=Subquery(mine.values("wrap_signed_prekey_id")[:1]),
+                          my_wrap_otk=Subquery(mine.values("wrap_one_time_id")[:1]),
+                          my_wrap_ephemeral=Subquery(mine.values("wrap_ephemeral")[:1]))
                 .select_related("sender_device", "sender_device__user"))
     if before:
         created_at, message_id = _decode_time_id_cursor(before)
@@ -245,8 +250,8 @@ def dm_list_history(*, conversation: Conversation, device, limit: int, before: s
     rows = rows[:limit]
     cursor = _encode_cursor(rows[-1].created_at.isoformat(), rows[-1].message_id) if rows else (before or "")
     return {
-        "messages": [message_wire(m, wrap=None if m.my_wrapped_key is None else
-                                  {"nonce": m.my_wrap_nonce, "wrapped_key": m.my_wrapped_key}) for m in rows],
+        "messages": [message_wire(m, wrap=key_wrap_wire(m.my_wrap_nonce, m.my_wrapped_key, m.my_wrap_spk,
+                                                        m.my_wrap_otk, m.my_wrap_ephemeral)) for m in rows],
         "has_more": has_more, "cursor": cursor,
     }
 

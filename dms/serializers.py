@@ -1,3 +1,4 @@
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
 
 from dmclient import protocol
@@ -31,14 +32,75 @@ class ConversationOutput(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
-class KeyWrapSerializer(serializers.Serializer):
+V2_WRAP_KEYS = frozenset({"v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"})
+V1_WRAP_KEYS = frozenset({"nonce", "wrapped_key"})
+
+
+def key_wrap_check(value) -> dict:
+    """§7 check 3: exactly the v1 shape `{nonce, wrapped_key}` or exactly v2's
+    six keys (§6b), with a 12-byte nonce, a 48-byte wrapped_key, a 32-byte
+    ephemeral and positive ids. Returns the wrap as sent (its strings are
+    canonical base64, so stored and served back unchanged)."""
+    if type(value) is not dict:
+        raise protocol.ProtocolError("key_wrap must be an object or null")
+    keys = set(value)
+    if keys == V1_WRAP_KEYS:
+        protocol.b64d(value["nonce"], length=protocol.NONCE_LEN, what="nonce")
+        protocol.b64d(value["wrapped_key"], length=protocol.WRAPPED_KEY_LEN, what="wrapped_key")
+        return {"nonce": value["nonce"], "wrapped_key": value["wrapped_key"]}
+    if keys != V2_WRAP_KEYS:
+        if "v" in value:
+            raise protocol.ProtocolError(f"a v2 key_wrap has exactly {sorted(V2_WRAP_KEYS)}")
+        raise protocol.ProtocolError(f"a v1 key_wrap has exactly {sorted(V1_WRAP_KEYS)}")
+    if type(value["v"]) is not int or value["v"] != 2:
+        raise protocol.ProtocolError("key_wrap v must be 2")
+    if not protocol.prekey_id_ok(value["signed_prekey_id"]):
+        raise protocol.ProtocolError(f"signed_prekey_id must be an integer 1..{protocol.MAX_PREKEY_ID}")
+    if value["one_time_id"] is not None and not protocol.prekey_id_ok(value["one_time_id"]):
+        raise protocol.ProtocolError(f"one_time_id must be null or an integer 1..{protocol.MAX_PREKEY_ID}")
+    protocol.b64d(value["ephemeral"], length=protocol.KEY_LEN, what="ephemeral")
+    protocol.b64d(value["nonce"], length=protocol.NONCE_LEN, what="nonce")
+    protocol.b64d(value["wrapped_key"], length=protocol.WRAPPED_KEY_LEN, what="wrapped_key")
+    return {"v": 2, "signed_prekey_id": value["signed_prekey_id"], "one_time_id": value["one_time_id"],
+            "ephemeral": value["ephemeral"], "nonce": value["nonce"], "wrapped_key": value["wrapped_key"]}
+
+
+class KeyWrapV1Serializer(serializers.Serializer):
+    """Schema only: a v1 wrap (§6)."""
+
     nonce = B64Field(length=protocol.NONCE_LEN)
     wrapped_key = B64Field(length=protocol.WRAPPED_KEY_LEN)
 
 
+class KeyWrapV2Serializer(serializers.Serializer):
+    """Schema only: a v2 wrap (§6b)."""
+
+    v = serializers.ChoiceField(choices=[2])
+    signed_prekey_id = serializers.IntegerField(min_value=1, max_value=protocol.MAX_PREKEY_ID)
+    one_time_id = serializers.IntegerField(min_value=1, max_value=protocol.MAX_PREKEY_ID, allow_null=True)
+    ephemeral = B64Field(length=protocol.KEY_LEN)
+    nonce = B64Field(length=protocol.NONCE_LEN)
+    wrapped_key = B64Field(length=protocol.WRAPPED_KEY_LEN)
+
+
+@extend_schema_field(PolymorphicProxySerializer(
+    component_name="KeyWrap", serializers=[KeyWrapV1Serializer, KeyWrapV2Serializer], resource_type_field_name=None))
+class KeyWrapField(serializers.Field):
+    """A v1 or v2 key wrap, exactly (§7 check 3); the value is the wrap as sent."""
+
+    def to_internal_value(self, data):
+        try:
+            return key_wrap_check(data)
+        except protocol.ProtocolError as exc:
+            raise serializers.ValidationError(exc.detail) from None
+
+    def to_representation(self, value):
+        return value
+
+
 class RecipientSerializer(serializers.Serializer):
     device_id = B58KeyField()
-    key_wrap = KeyWrapSerializer(allow_null=True)
+    key_wrap = KeyWrapField(allow_null=True)
 
 
 class MessageOutput(serializers.Serializer):
@@ -53,7 +115,7 @@ class MessageOutput(serializers.Serializer):
     nonce = serializers.CharField()
     ciphertext = serializers.CharField()
     signature = serializers.CharField()
-    key_wrap = KeyWrapSerializer(allow_null=True)
+    key_wrap = KeyWrapField(allow_null=True)
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
     policy = serializers.ChoiceField(choices=Policy.values)
@@ -89,12 +151,7 @@ def _b64(value, length: int | None = None) -> bytes:
 
 
 def _wrap(value) -> dict | None:
-    if value is None:
-        return None
-    if type(value) is not dict:
-        raise protocol.ProtocolError("not an object")
-    return {"nonce": _b64(value["nonce"], protocol.NONCE_LEN),
-            "wrapped_key": _b64(value["wrapped_key"], protocol.WRAPPED_KEY_LEN)}
+    return None if value is None else key_wrap_check(value)
 
 
 def _send_input_plain(data) -> dict | None:

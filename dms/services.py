@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from decentcom import metrics, sql
@@ -20,7 +20,7 @@ from dmclient import protocol
 from decentcom.errors import ApiError
 from decentcom.ratelimit import rate_limit_hit
 from decentcom.timefmt import rfc3339
-from devices.models import AuthSession, Challenge, Device, User
+from devices.models import AuthSession, Challenge, Device, OneTimePrekey, SignedPrekey, User
 from devices.selectors import device_public_key
 from devices.services import device_revoke
 from dms.models import (Conversation, ConversationMember, Delivery, DeliveryState, KeyReceipt, PendingDm, Policy,
@@ -348,7 +348,15 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
 @dataclass(frozen=True)
 class Recipient:
     device_id: str
-    wrap: dict | None  # {"nonce": b64, "wrapped_key": b64}, already checked
+    wrap: dict | None  # v1 {"nonce", "wrapped_key"} or v2 (§6b), already checked (serializers.key_wrap_check)
+
+
+def _wrap_columns(wrap: dict | None) -> tuple:
+    """A checked wrap as dm_deliveries stores it: nonce, wrapped_key and v2's three extras."""
+    if wrap is None:
+        return None, None, None, None, None
+    return (wrap["nonce"], wrap["wrapped_key"], wrap.get("signed_prekey_id"), wrap.get("one_time_id"),
+            wrap.get("ephemeral"))
 
 
 @dataclass(frozen=True)
@@ -508,11 +516,11 @@ def _dm_send_locked(*, device: Device, request: SendRequest, conf: ServerSetting
              protocol.b64e(request.signature), policy, ttl_days, created, sql.dt_param(expires_at)])
         if stored:
             cursor.execute(
-                "INSERT INTO dm_deliveries (message_id, device_id, wrap_nonce, wrapped_key, created_at, acked_at) "
-                "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, NULL)"] * len(stored)),
+                "INSERT INTO dm_deliveries (message_id, device_id, wrap_nonce, wrapped_key, wrap_signed_prekey_id, "
+                "wrap_one_time_id, wrap_ephemeral, created_at, acked_at) "
+                "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, NULL)"] * len(stored)),
                 [value for r in stored for value in (
-                    message_id, recipient_pks[r.device_id], r.wrap["nonce"] if r.wrap else None,
-                    r.wrap["wrapped_key"] if r.wrap else None, created)])
+                    message_id, recipient_pks[r.device_id], *_wrap_columns(r.wrap), created)])
         _delivery_states_insert(cursor, message_id=message_id, at=created, skipped_pks=skipped_pks,
                                 pending_pks=[recipient_pks[r.device_id] for r in stored])
     if policy == Policy.BURN_ON_READ and not stored:
@@ -656,6 +664,11 @@ def _dm_purge(*, now: dt.datetime, dry_run: bool, chunk: int) -> dict:
     orphan_burns = PendingDm.objects.filter(policy=Policy.BURN_ON_READ).filter(
         ~Exists(Delivery.objects.filter(message=OuterRef("pk"), acked_at__isnull=True)))
     expired_devices = Device.objects.filter(revoked_at__isnull=True, expires_at__lte=now)
+    # §6b: prekeys of devices that are gone (revoked, expired, their user suspended). The services
+    # delete them as that happens; this catches any left behind (an expired device until the purge).
+    gone = Q(device__revoked_at__isnull=False) | Q(device__expires_at__lte=now) | Q(
+        device__user__suspended_at__isnull=False)
+    gone_signed, gone_one_time = SignedPrekey.objects.filter(gone), OneTimePrekey.objects.filter(gone)
     old_receipts = KeyReceipt.objects.filter(epoch__lt=F("conversation__epoch"))
     forgotten_ids = UsedMessageId.objects.filter(message_gone_at__lte=now - USED_ID_MEMORY)
     housekeeping = {
@@ -673,15 +686,22 @@ def _dm_purge(*, now: dt.datetime, dry_run: bool, chunk: int) -> dict:
             "expired_devices": expired_devices.count(),
             "past_epoch_receipts": old_receipts.count(),
             "delivery_states": DeliveryState.objects.filter(message__in=forgotten_ids).count(),
+            "prekeys": gone_signed.count() + gone_one_time.count(),
             **{name: qs.count() for name, qs in housekeeping.items()},
         }
         return counts
 
     counts = dict.fromkeys(["expired_messages", "undelivered_deliveries", "burned_messages", "expired_devices",
-                            "past_epoch_receipts", "delivery_states", *housekeeping], 0)
+                            "past_epoch_receipts", "delivery_states", "prekeys", *housekeeping], 0)
     for device in expired_devices:
+        # device_revoke deletes the device's prekeys, counted here as the dry run counts them
+        counts["prekeys"] += (SignedPrekey.objects.filter(device=device).count()
+                              + OneTimePrekey.objects.filter(device=device).count())
         device_revoke(device=device, reason="expired")
         counts["expired_devices"] += 1
+    for queryset, field in ((gone_signed, "device_id"), (gone_one_time, "id")):
+        for ids in _chunks_locked(queryset, field=field, chunk=chunk):
+            counts["prekeys"] += queryset.model.objects.filter(**{f"{field}__in": ids}).delete()[0]
     for ids in _chunks_locked(expired_messages, field="message_id", order="expires_at", chunk=chunk):
         delivery_states_end(message_ids=ids, state=DeliveryState.State.EXPIRED, at=now)
         counts["expired_messages"] += messages_delete(message_ids=ids)

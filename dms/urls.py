@@ -14,6 +14,7 @@ urlpatterns = [
     path("send", apis.DmSendApi.as_view(), name="dm-send"),
     path("sync", apis.DmSyncApi.as_view(), name="dm-sync"),
     path("ack", apis.DmAckApi.as_view(), name="dm-ack"),
+    path("prekeys/claim", apis.PrekeysClaimApi.as_view(), name="dm-prekeys-claim"),
     path("messages/<str:message_id>/status", apis.DmMessageStatusApi.as_view(), name="dm-message-status"),
     path("status", apis.DmStatusApi.as_view(), name="dm-status"),
 ]

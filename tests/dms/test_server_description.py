@@ -18,7 +18,7 @@ def describe(client=None) -> dict:
 def test_defaults_without_authentication(settings):
     settings.PUBLIC_URL = ""
     assert describe() == {
-        "protocol": "1.1",
+        "protocol": "1.2",
         "origin": "http://testserver",
         "retention": {"default": {"policy": "ttl", "ttl_days": 14}, "max_ttl_days": 30,
                       "permanent_allowed": False, "max_undelivered_days": 30},
@@ -30,7 +30,7 @@ def test_defaults_without_authentication(settings):
     # a bad token changes nothing: nothing here is authenticated
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Bearer nonsense")
-    assert describe(client)["protocol"] == "1.1"
+    assert describe(client)["protocol"] == "1.2"
 
 
 def test_follows_admin_changes_at_once(settings):

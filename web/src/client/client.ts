@@ -297,6 +297,16 @@ export class DmClient {
     await this.prekeys.eraseExpiredSigned(now());
   }
 
+  /** What the server holds of this device's prekeys, and when this device first published one. */
+  async prekeyInfo(): Promise<{ signedPrekeyId: number | null; oneTimeCount: number; firstPublishedAt: number | null }> {
+    const server = await this.call((t) => this.api.getPrekeys(t));
+    const id = (server.signed_prekey as { id?: unknown } | null)?.id;
+    return {
+      signedPrekeyId: typeof id === "number" ? id : null, oneTimeCount: server.one_time_count,
+      firstPublishedAt: (await this.prekeys.meta()).firstPublishedAt,
+    };
+  }
+
   private async maintainPrekeysQuietly(): Promise<void> {
     try {
       await this.maintainPrekeys();

@@ -1,0 +1,127 @@
+// §6b against a real server (DECENTCOM_LIVE_URL, as live.test.ts): prekeys published at
+// registration, v2 wraps both ways, a wrap sent again is not claimed again, one-time private
+// keys erased at the ACK, refill under 20, and a late v1 wrap refused with a reason shown.
+import "fake-indexeddb/auto";
+import { describe, expect, it } from "vitest";
+import { Startup, type DmClient, type Failure, type Message } from "./index";
+import { ONE_TIME_TARGET } from "./prekeys";
+import { DAY_MS, DOWNGRADE_TEXT } from "./receive";
+import {
+  keyId, keyWrap, participantsSha256, plaintextEncode, seal, wrapVersion, type AnyKeyWrap, type KeyPair,
+} from "../protocol";
+
+const url = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.DECENTCOM_LIVE_URL;
+let n = 0;
+const boot = () => Startup.open({ serverUrl: url!, dbName: `live-fs-${Date.now()}-${++n}` });
+const create = async (name: string) => (await (await boot()).createIdentity({ deviceName: name })).client;
+// The client's own parts, read as they are (no stand-ins).
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+const inside = (c: DmClient) => c as any;
+const texts = async (c: DmClient, cid: string) =>
+  (await c.timeline(cid)).filter((i): i is Message => i.kind === "message").map((m) => m.body);
+
+describe.skipIf(!url)("live server: forward secrecy (§6b)", () => {
+  it("v2 both ways, no second claim for a wrap sent again, erasure at the ACK, refill", async () => {
+    const alice = await create("Alice web");
+    const bob = await create("Bob web");
+    for (const c of [alice, bob]) {
+      const info = await c.prekeyInfo();
+      expect(info.signedPrekeyId).toBe(1);
+      expect(info.oneTimeCount).toBe(ONE_TIME_TARGET);
+      expect(info.firstPublishedAt).not.toBeNull();
+    }
+    const conv = await alice.createConversation([bob.identity.userId]);
+    const cid = conv.conversationId;
+    await alice.send(cid, "one");
+    await alice.send(cid, "two"); // the same key: its stored wrap is sent again, nothing claimed
+    expect((await bob.prekeyInfo()).oneTimeCount).toBe(ONE_TIME_TARGET - 1);
+    const sk = await inside(alice).store.get("senderKeys", `${cid}/${conv.epoch}`);
+    const sent = await inside(alice).store.get("wrapsSent", `${cid}/${sk.keyId}`);
+    const wrap = sent[bob.identity.deviceId].wrap as AnyKeyWrap;
+    expect(wrapVersion(wrap)).toBe(2);
+    expect((wrap as { one_time_id: number }).one_time_id).not.toBeNull();
+    const otkId = (wrap as { one_time_id: number }).one_time_id;
+    expect(await inside(bob).prekeys.oneTimePrivate(otkId)).not.toBeNull();
+
+    await bob.refreshConversations();
+    expect(await bob.sync()).toEqual({ accepted: 2, failed: 0 });
+    expect(await texts(bob, cid)).toEqual(["one", "two"]);
+    expect(await inside(bob).prekeys.oneTimePrivate(otkId)).toBeNull(); // erased at the ACK
+    expect(await inside(bob).prekeys.oneTime()).toHaveLength(ONE_TIME_TARGET - 1);
+
+    await bob.send(cid, "back");
+    expect((await alice.prekeyInfo()).oneTimeCount).toBe(ONE_TIME_TARGET - 1);
+    expect(await alice.sync()).toEqual({ accepted: 1, failed: 0 });
+    expect(await texts(alice, cid)).toEqual(["one", "two", "back"]);
+
+    // refill: Bob's supply drained below 20 by claims, then his client tops it up to 100
+    const claim = () => inside(alice).call((t: string) => inside(alice).api.claimPrekeys(t, [bob.identity.deviceId]));
+    for (let i = 0; i < ONE_TIME_TARGET - 1 - 19; i++) await claim();
+    expect((await bob.prekeyInfo()).oneTimeCount).toBe(19);
+    await bob.maintainPrekeys();
+    expect((await bob.prekeyInfo()).oneTimeCount).toBe(ONE_TIME_TARGET);
+
+    // rotation: a signed prekey 7 days old is replaced; the old private key stays for the window
+    const current = await inside(bob).prekeys.current();
+    await inside(bob).store.put("signedPrekeys", String(current.id).padStart(16, "0"), { ...current, createdAt: current.createdAt - 7 * DAY_MS });
+    await bob.maintainPrekeys();
+    expect((await bob.prekeyInfo()).signedPrekeyId).toBe(2);
+    expect(await inside(bob).prekeys.signedPrivate(1)).not.toBeNull();
+    await alice.send(cid, "after rotation"); // Alice's key is held by Bob: no new wrap needed
+    expect(await bob.sync()).toEqual({ accepted: 1, failed: 0 });
+
+    // sender keys age: after 1,000 messages (or 7 days) a new K, wrapped anew (one more claim), to the new signed prekey
+    const skId = `${cid}/${conv.epoch}`;
+    const used = await inside(alice).store.get("senderKeys", skId);
+    await inside(alice).store.put("senderKeys", skId, { ...used, used: 1000 });
+    await alice.send(cid, "new key (count)");
+    const byCount = await inside(alice).store.get("senderKeys", skId);
+    expect(byCount.keyId).not.toBe(used.keyId);
+    expect(byCount.used).toBe(1);
+    const rewrapped = (await inside(alice).store.get("wrapsSent", `${cid}/${byCount.keyId}`))[bob.identity.deviceId].wrap;
+    expect(rewrapped.v).toBe(2);
+    expect(rewrapped.signed_prekey_id).toBe(2);
+    expect((await bob.prekeyInfo()).oneTimeCount).toBe(ONE_TIME_TARGET - 1);
+    await inside(alice).store.put("senderKeys", skId, { ...byCount, createdAt: byCount.createdAt - 7 * DAY_MS });
+    await alice.send(cid, "new key (age)");
+    expect((await inside(alice).store.get("senderKeys", skId)).keyId).not.toBe(byCount.keyId);
+    expect(await bob.sync()).toEqual({ accepted: 2, failed: 0 });
+    expect((await texts(bob, cid)).slice(-2)).toEqual(["new key (count)", "new key (age)"]);
+  }, 120_000);
+
+  it("a v1 wrap sent more than 24 h after the receiver first published a signed prekey is refused, and shown", async () => {
+    const alice = await create("Alice web");
+    const bob = await create("Bob web");
+    const conv = await alice.createConversation([bob.identity.userId]);
+    const cid = conv.conversationId;
+    // Bob published two days ago (his store says so); an old or downgraded sender wraps v1.
+    const meta = await inside(bob).prekeys.meta();
+    await inside(bob).store.put("meta", "prekeys", { ...meta, firstPublishedAt: meta.firstPublishedAt - 2 * DAY_MS });
+    const v1Send = async (text: string, sentAt: number) => {
+      const device = inside(alice).device as KeyPair;
+      const key = crypto.getRandomValues(new Uint8Array(32));
+      const participants = [alice.identity.userId, bob.identity.userId];
+      const messageId = crypto.randomUUID();
+      const sealed = seal({ device, conversationId: cid, epoch: conv.epoch, messageId, groupKey: key,
+        participantsSha256: participantsSha256(participants), plaintext: plaintextEncode({ body: text, sentAt, seq: 1 }) });
+      expect(sealed.key_id).toBe(keyId(key));
+      await inside(alice).call((t: string) => inside(alice).api.send(t, {
+        message_id: messageId, conversation_id: cid, epoch: conv.epoch, participants_sha256: participantsSha256(participants),
+        retention: conv.retention, ...sealed,
+        recipients: [{ device_id: bob.identity.deviceId, key_wrap: keyWrap({ senderSeed: device.seed, senderDevice: device.id,
+          recipientDevice: bob.identity.deviceId, conversationId: cid, epoch: conv.epoch, groupKey: key }) }],
+      }));
+    };
+    await v1Send("downgraded", Date.now());
+    await bob.refreshConversations();
+    expect(await bob.sync()).toEqual({ accepted: 0, failed: 1 });
+    const failure = (await bob.timeline(cid)).find((i): i is Failure => i.kind === "failed")!;
+    expect(failure.reason).toBe("downgraded");
+    expect(failure.detail).toBe(DOWNGRADE_TEXT);
+    // within the first 24 h, a v1 wrap is still taken (an old client's messages)
+    await inside(bob).store.put("meta", "prekeys", { ...meta, firstPublishedAt: Date.now() });
+    await v1Send("from an old client", Date.now());
+    expect(await bob.sync()).toEqual({ accepted: 1, failed: 0 });
+    expect(await texts(bob, cid)).toEqual(["from an old client"]);
+  }, 120_000);
+});

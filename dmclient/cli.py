@@ -482,6 +482,26 @@ def cmd_dm_read(args, out: Output) -> None:
             print("nothing new")
 
 
+def cmd_dm_prekeys(args, out: Output) -> None:
+    client = open_client(args, out)
+    if args.refresh:
+        client.maintain_prekeys()
+    info = client.prekeys()
+    current = next((k for k in reversed(info["signed_prekeys"]) if k["replaced_at"] is None), None)
+    server = info["server"]
+    lines = [
+        "protocol 1.1 mode: no prekeys, v1 key wraps only" if info["legacy"] else
+        ("signed prekey: none yet" if current is None else
+         f"signed prekey {current['id']}: {current['age_days']} days old"
+         + ("" if current["published"] else " (not published yet)")),
+        f"one-time prekeys: {info['one_time_private_keys']} private keys held, "
+        + ("the server has none of ours (it predates v1.2)" if server is None else
+           f"{visible(server['one_time_count'])} left on the server"),
+        f"older signed prekeys still held: {sum(1 for k in info['signed_prekeys'] if k['replaced_at'] and k['private_key_held'])}",
+    ]
+    out.result(info, "\n".join(lines))
+
+
 def cmd_dm_listen(args, out: Output) -> None:
     client = open_client(args, out)
     listener = Listener(client, out.item, progress=Progress() if args.progress else None)
@@ -732,6 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="if the retention changed, send under the new one")
     p = add(msub, "read", cmd_dm_read, "fetch, check, decrypt and show new messages")
     p.add_argument("--progress", action="store_true", help="show progress on stderr (default: on a terminal)")
+    p = add(msub, "prekeys", cmd_dm_prekeys, "this device's prekeys (forward secrecy): signed prekey age, "
+                                             "one-time supply")
+    p.add_argument("--refresh", action="store_true", help="publish, rotate and refill now if due")
     p = add(msub, "listen", cmd_dm_listen, "stay connected and show messages as they come (Ctrl-C stops)")
     p.add_argument("--progress", action="store_true", help="show sync progress on stderr")
     p = add(msub, "history", cmd_dm_history, "a conversation's messages kept on this device (or --server)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -40,6 +41,17 @@ WRAP_PROBE_S = 60
 SYNC_PAGE = 100
 CONVERSATION_PAGE = 100
 STATUS_PAGE = 500  # ids per POST /dms/status (§7a)
+# §6b prekeys (protocol v1.2)
+SIGNED_PREKEY_ROTATE_S = 7 * DAY_S  # a new signed prekey at least this often
+# An old signed prekey's private key is kept for the client's own window (§6) after it was
+# replaced: a message wrapped to it may wait that long in a mailbox (and be re-sent).
+OLD_SIGNED_PREKEY_KEEP_S = REPLAY_WINDOW_DAYS * DAY_S
+ONE_TIME_TARGET = 100  # one-time prekeys kept on the server
+ONE_TIME_LOW = 20  # ... refilled to ONE_TIME_TARGET when fewer remain
+ONE_TIME_PUT_MAX = 100  # per PUT /devices/prekeys
+V1_WRAP_GRACE_MS = DAY_S * 1000  # a v1 wrap sent later than this after we first published a signed prekey is refused
+CLAIM_PAGE = 1000  # devices per POST /dms/prekeys/claim (the recipient limit)
+LEGACY_ENV = "DMCLIENT_PROTOCOL"  # "1.1": behave as a client before v1.2 (no prekeys, v1 wraps only), for interop tests
 
 
 class ClientError(Exception):
@@ -120,6 +132,7 @@ class SendResult:
     retries: list[str] = field(default_factory=list)
     untrusted_devices: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # devices not delivered to (v1.1 §7 check 11)
+    key_wraps: dict = field(default_factory=dict)  # {"v1": n, "v2": n} wraps in the request the server accepted
 
 
 @dataclass
@@ -132,14 +145,18 @@ class Client:
     """One device: its store, its server, its sessions."""
 
     def __init__(self, store: Store, *, transport: httpx.BaseTransport | None = None,
-                 on_wait: Callable[[str, int], None] | None = None):
+                 on_wait: Callable[[str, int], None] | None = None, legacy: bool | None = None):
         self.store = store
+        # legacy: a client of protocol 1.1 (publishes no prekeys, wraps v1 only), to test that old clients still talk
+        self.legacy = os.environ.get(LEGACY_ENV) == "1.1" if legacy is None else legacy
+        self._prekeys_checked = False  # the server's prekey supply looked at since this client opened
         self.server = store.meta("server")
         self.device = KeyPair(store.secret("device_seed"))
         self.device_id = self.device.id
         self.transport = transport
         self.api = Api(self.server, transport=transport, on_wait=on_wait)
         self._refreshed: set[str] | None = None  # conversations refreshed during one sync pass
+        self._one_time_seen: set[int] = set()  # one-time prekey ids named by the deliveries of one sync page
         self.untrusted: list[dict] = []  # devices left out by `directory` since this client opened
         self._server_info: dict | None = None
         self._server_info_fetched = False
@@ -151,7 +168,7 @@ class Client:
     def init(cls, home, passphrase: str, *, server: str, name: str, join: bool = False,
              expires_days: int | None = None, kdf: str | None = None,
              transport: httpx.BaseTransport | None = None, register: bool = True,
-             phrase: str | None = None) -> Client:
+             phrase: str | None = None, legacy: bool | None = None) -> Client:
         """A new store. Without `join`: a new user (master key) and its first
         device, which registers first (or, with `register=False`, at its first
         login): a server that cannot be reached, redirects or refuses leaves no
@@ -183,9 +200,10 @@ class Client:
             store.secret_set("master_seed", master.seed)
         store.meta_set_many({"server": server, "device_name": name, "user_id": master.id if master else None,
                              "certificate": cert})
-        client = cls(store, transport=transport)
+        client = cls(store, transport=transport, legacy=legacy)
         if session is not None:
             client._adopt(session)
+            client.maintain_prekeys()
         return client
 
     @classmethod
@@ -319,13 +337,14 @@ class Client:
         self.store.meta_set_many({"user_id": parsed.master, "certificate": cert, "device_name": parsed.name})
         self.forget_token()
         self.login()
+        self.maintain_prekeys()
         return self.whoami()
 
     def add_device(self, home, passphrase: str, *, name: str, expires_days: int | None = None,
                    permissions: list[str] = (), kdf: str | None = None) -> Client:
         """A new device store at `home`, certified by this store's master key and registered."""
         new = Client.init(home, passphrase, server=self.server, name=name, join=True, kdf=kdf,
-                          transport=self.transport)
+                          transport=self.transport, legacy=self.legacy)
         new.import_certificate(self.certify(new.device_id, name=name, expires_days=expires_days,
                                             permissions=permissions))
         return new
@@ -401,6 +420,147 @@ class Client:
                 self.store.event_add(db, kind="untrusted_device", detail=problem)
         self.untrusted += bad
         return sorted(row[1] for row in good)
+
+    # --- prekeys: forward secrecy (§6b, v1.2) ------------------------------------------------
+
+    def maintain_prekeys(self, *, now: float | None = None, check_server: bool = True) -> dict | None:
+        """Publish, rotate, refill and erase this device's prekeys (§6b); what the
+        server holds afterwards, or None from a server before v1.2 (or in legacy mode)."""
+        with self.store.sync_lock():
+            return self._maintain_prekeys(now=now, check_server=check_server)
+
+    def _maintain_prekeys(self, *, now: float | None = None, check_server: bool = True) -> dict | None:
+        """A signed prekey newer than SIGNED_PREKEY_ROTATE_S (a new one has a larger id),
+        published; one-time prekeys topped up to ONE_TIME_TARGET when the server has fewer
+        than ONE_TIME_LOW (or when it is asked, at start and on PREKEYS_LOW); an old signed
+        prekey's private key erased OLD_SIGNED_PREKEY_KEEP_S after it was replaced."""
+        if self.legacy or self.certificate is None:
+            return None
+        now = int(time.time() if now is None else now)
+        expired = "sealed_private IS NOT NULL AND replaced_at IS NOT NULL AND replaced_at + ? <= ?"
+        if self.store.db.execute(f"SELECT 1 FROM signed_prekeys WHERE {expired}",  # noqa: S608 - fixed text
+                                 (OLD_SIGNED_PREKEY_KEEP_S, now)).fetchone():
+            with self.store.transaction() as db:
+                db.execute(f"UPDATE signed_prekeys SET sealed_private = NULL WHERE {expired}",  # noqa: S608
+                           (OLD_SIGNED_PREKEY_KEEP_S, now))
+        current = self._current_signed_prekey()
+        if not check_server and current is not None and current["published"] and \
+                current["created_at"] + SIGNED_PREKEY_ROTATE_S > now:
+            return None  # nothing due, and nobody asked the server
+        try:
+            held = self.call("GET", "/devices/prekeys")
+        except ApiError as exc:
+            if exc.status in (404, 405):
+                return None  # a server before v1.2: v1 wraps only
+            raise
+        self._prekeys_checked = True
+        server_spk = held.get("signed_prekey") if isinstance(held, dict) else None
+        server_spk_id = server_spk.get("id") if isinstance(server_spk, dict) else None
+        count = held.get("one_time_count") if isinstance(held, dict) else None
+        count = count if isinstance(count, int) and not isinstance(count, bool) else 0
+        for _ in range(2):  # a second time only after a `stale_prekey` (the server holds a later id)
+            if current is None or current["created_at"] + SIGNED_PREKEY_ROTATE_S <= now:
+                current = self._new_signed_prekey(now, above=server_spk_id if protocol.prekey_id_ok(server_spk_id)
+                                                  else 0)
+            body = {}
+            if not current["published"] or server_spk_id != current["id"]:
+                body["signed_prekey"] = self._signed_prekey_wire(current)
+            one_time = self._one_time_to_publish(count) if count < ONE_TIME_LOW else []
+            if one_time:
+                body["one_time"] = [{"id": i, "x25519": protocol.b64e(pub)} for i, pub in one_time]
+            if not body:
+                return {"signed_prekey_id": server_spk_id, "one_time_count": count}
+            try:
+                answer = self.call("PUT", "/devices/prekeys", json=body)
+            except ApiError as exc:
+                if exc.code != "stale_prekey":
+                    raise
+                held = self.call("GET", "/devices/prekeys")
+                server_spk = held.get("signed_prekey") if isinstance(held, dict) else None
+                server_spk_id = server_spk.get("id") if isinstance(server_spk, dict) else None
+                current = None
+                continue
+            with self.store.transaction() as db:
+                db.execute("UPDATE signed_prekeys SET published = 1 WHERE id = ?", (current["id"],))
+                db.executemany("UPDATE one_time_prekeys SET published = 1 WHERE id = ?", [(i,) for i, _ in one_time])
+                if db.execute("SELECT 1 FROM meta WHERE key = 'first_spk_published_at'").fetchone() is None:
+                    db.execute("INSERT INTO meta (key, value) VALUES ('first_spk_published_at', ?)", (json.dumps(now),))
+            return answer
+        raise ClientError("stale_prekey", "the server keeps refusing this device's new signed prekey as stale")
+
+    def _current_signed_prekey(self) -> sqlite3.Row | None:
+        return self.store.db.execute("SELECT * FROM signed_prekeys WHERE replaced_at IS NULL AND sealed_private IS NOT "
+                                     "NULL ORDER BY id DESC LIMIT 1").fetchone()
+
+    def _new_signed_prekey(self, now: int, *, above: int = 0) -> sqlite3.Row:
+        """A new signed prekey, its id above every earlier one (ours and the server's); the current one is replaced."""
+        priv, _ = protocol.x25519_keypair()
+        with self.store.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'next_signed_prekey_id'").fetchone()
+            last = db.execute("SELECT max(id) FROM signed_prekeys").fetchone()[0] or 0
+            new_id = max(json.loads(row[0]) if row else 1, last + 1, above + 1)
+            db.execute("UPDATE signed_prekeys SET replaced_at = ? WHERE replaced_at IS NULL", (now,))
+            db.execute("INSERT INTO signed_prekeys (id, sealed_private, created_at) VALUES (?, ?, ?)",
+                       (new_id, self.store.seal(priv), now))
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_signed_prekey_id', ?)",
+                       (json.dumps(new_id + 1),))
+            return db.execute("SELECT * FROM signed_prekeys WHERE id = ?", (new_id,)).fetchone()
+
+    def _signed_prekey_wire(self, row: sqlite3.Row) -> dict:
+        pub = protocol.x25519_public_of(self.store.unseal(row["sealed_private"]))
+        return protocol.spk_issue(device_seed=self.device.seed, id=row["id"], x25519_pub=pub,
+                                  created_at=row["created_at"])
+
+    def _one_time_to_publish(self, count: int) -> list[tuple[int, bytes]]:
+        """(id, public key) of the one-time prekeys that bring the server's `count` to
+        ONE_TIME_TARGET: those made before but not published yet first, then new ones."""
+        want = min(max(ONE_TIME_TARGET - count, 0), ONE_TIME_PUT_MAX)
+        out = [(r[0], protocol.x25519_public_of(self.store.unseal(r[1]))) for r in self.store.db.execute(
+            "SELECT id, sealed_private FROM one_time_prekeys WHERE published = 0 ORDER BY id LIMIT ?", (want,))]
+        if len(out) < want:
+            fresh = [protocol.x25519_keypair() for _ in range(want - len(out))]
+            with self.store.transaction() as db:
+                row = db.execute("SELECT value FROM meta WHERE key = 'next_one_time_id'").fetchone()
+                last = db.execute("SELECT max(id) FROM one_time_prekeys").fetchone()[0] or 0
+                first = max(json.loads(row[0]) if row else 1, last + 1)
+                db.executemany("INSERT INTO one_time_prekeys (id, sealed_private) VALUES (?, ?)",
+                               [(first + i, self.store.seal(priv)) for i, (priv, _) in enumerate(fresh)])
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_one_time_id', ?)",
+                           (json.dumps(first + len(fresh)),))
+            out += [(first + i, pub) for i, (_, pub) in enumerate(fresh)]
+        return out
+
+    def prekeys(self) -> dict:
+        """This device's prekeys as the store holds them, and the server's supply (`dm prekeys`)."""
+        now = int(time.time())
+        rows = self.store.db.execute("SELECT id, created_at, replaced_at, published, sealed_private IS NOT NULL AS held "
+                                     "FROM signed_prekeys ORDER BY id").fetchall()
+        held = None
+        if not self.legacy:
+            try:
+                held = self.call("GET", "/devices/prekeys")
+            except ApiError as exc:
+                if exc.status not in (404, 405):
+                    raise
+        one_time = self.store.db.execute("SELECT count(*), sum(published) FROM one_time_prekeys").fetchone()
+        server_spk = held.get("signed_prekey") if isinstance(held, dict) else None
+        return {
+            "legacy": self.legacy,
+            "first_published_at": rfc3339(self.store.meta("first_spk_published_at")),
+            "signed_prekeys": [{"id": r["id"], "created_at": rfc3339(r["created_at"]),
+                                "age_days": round((now - r["created_at"]) / DAY_S, 2),
+                                "replaced_at": rfc3339(r["replaced_at"]), "published": bool(r["published"]),
+                                "private_key_held": bool(r["held"])} for r in rows],
+            "one_time_private_keys": one_time[0], "one_time_published": one_time[1] or 0,
+            "server": None if held is None else {
+                "signed_prekey_id": server_spk.get("id") if isinstance(server_spk, dict) else None,
+                "one_time_count": held.get("one_time_count")}}
+
+    def _erase_one_time(self, ids: set[int]) -> None:
+        """§6b: a one-time prekey's private key goes once the delivery whose wrap used it is ACKed."""
+        if ids:
+            with self.store.transaction() as db:
+                db.executemany("DELETE FROM one_time_prekeys WHERE id = ?", [(i,) for i in sorted(ids)])
 
     # --- contacts and ids: local names, prefixes of known ids, safety numbers (§6) -------------
 
@@ -725,17 +885,21 @@ class Client:
 
     def _sender_key(self, conversation_id: str, epoch: int) -> tuple[bytes, str]:
         """This device's key for (conversation, epoch): a fresh one for every new
-        epoch, and a new one after 2^32 messages."""
+        epoch, and within one a new one after MAX_KEY_USES messages or MAX_KEY_AGE_S
+        (§6b "Sender keys age"; a key from before schema 3 has no age and is replaced)."""
+        now = int(time.time())
         with self.store.transaction() as db:
-            row = db.execute("SELECT generation, sealed_key, used FROM sender_keys WHERE conversation_id = ? "
+            row = db.execute("SELECT generation, sealed_key, used, created_at FROM sender_keys WHERE conversation_id = ? "
                              "AND epoch = ? ORDER BY generation DESC LIMIT 1", (conversation_id, epoch)).fetchone()
-            if row is not None and row["used"] < crypto.MAX_KEY_USES:
+            if (row is not None and row["used"] < crypto.MAX_KEY_USES
+                    and (row["created_at"] or 0) + crypto.MAX_KEY_AGE_S > now):
                 key = self.store.unseal(row["sealed_key"])
                 return key, protocol.key_id(key)
             key = crypto.new_group_key()
-            db.execute("INSERT INTO sender_keys (conversation_id, epoch, generation, key_id, sealed_key, probed_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (conversation_id, epoch, 0 if row is None else row["generation"] + 1,
-                                                     protocol.key_id(key), self.store.seal(key), int(time.time())))
+            db.execute("INSERT INTO sender_keys (conversation_id, epoch, generation, key_id, sealed_key, probed_at, "
+                       "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (conversation_id, epoch, 0 if row is None else row["generation"] + 1, protocol.key_id(key),
+                        self.store.seal(key), now, now))
         return key, protocol.key_id(key)
 
     def _recipient_devices(self, view: ConversationView, *, refresh: bool = False) -> list[str]:
@@ -834,9 +998,13 @@ class Client:
                     self._recipient_devices(view, refresh=True)
                     wraps = None
                 elif exc.code == "missing_key_wraps":
-                    for device_id in exc.body.get("devices", []):
-                        if device_id in wraps:
-                            wraps[device_id] = self._wrap(device_id, view, key)
+                    lacking = [d for d in exc.body.get("devices", []) if d in wraps]
+                    new = self._new_wraps(view, key, lacking)
+                    withheld = sorted(d for d in lacking if new.get(d) is None)
+                    if withheld:
+                        raise ClientError("prekeys_withheld", "the server wants key wraps for devices it gives no "
+                                          "prekeys for; not sent", devices=withheld) from None
+                    wraps.update(new)
                 elif exc.code == "mailbox_full":
                     raise ClientError("mailbox_full", "every recipient device's mailbox is full; not sent",
                                       devices=exc.body.get("devices", [])) from None
@@ -849,7 +1017,7 @@ class Client:
                 created_at=answer["created_at"], expires_at=answer["expires_at"], policy=answer["policy"],
                 recipients=answer["recipients"], unreachable=answer["unreachable"], retries=retries,
                 untrusted_devices=[p for p in self.untrusted if p["user_id"] in view.participants],
-                skipped=self._skipped(answer.get("skipped")))
+                skipped=self._skipped(answer.get("skipped")), key_wraps=_wrap_counts(wraps))
         raise ClientError("send_failed", f"gave up after {SEND_ATTEMPTS} attempts", retries=retries)
 
     def _skipped(self, skipped: object) -> list[dict]:
@@ -871,19 +1039,79 @@ class Client:
         key gets none; one wrapped before but not known to hold it gets a wrap
         again, except in a probe — at most one per WRAP_PROBE_S per key — that
         leaves them out and lets `missing_key_wraps` name those still lacking it.
-        This keeps offline recipients from costing every message a second attempt."""
-        known = {r[0]: r[1] for r in self.store.db.execute(
-            "SELECT device_id, holds_key FROM wraps_sent WHERE conversation_id = ? AND key_id = ?",
+        This keeps offline recipients from costing every message a second attempt.
+
+        A v2 wrap sent before is sent again as it was (§6b: prekeys are claimed only
+        for a device that needs a new wrap); the others get a new one (`_new_wraps`)."""
+        known = {r[0]: (r[1], r[2]) for r in self.store.db.execute(
+            "SELECT device_id, holds_key, wrap FROM wraps_sent WHERE conversation_id = ? AND key_id = ?",
             (view.conversation_id, key_id))}
         probed_at = self.store.db.execute("SELECT probed_at FROM sender_keys WHERE key_id = ?", (key_id,)).fetchone()[0]
-        probing = time.time() - probed_at >= WRAP_PROBE_S and any(not holds for holds in known.values())
-        wraps = {d: None if known.get(d) or (probing and d in known) else self._wrap(d, view, key)
-                 for d in self._recipient_devices(view)}
+        probing = time.time() - probed_at >= WRAP_PROBE_S and any(not holds for holds, _ in known.values())
+        wraps, new = {}, []
+        for d in self._recipient_devices(view):
+            holds, stored = known.get(d, (0, None))
+            if holds or (probing and d in known):
+                wraps[d] = None
+            elif stored is not None:
+                wraps[d] = json.loads(stored)
+            else:
+                new.append(d)
+        wraps.update(self._new_wraps(view, key, new))
         return wraps, probing
 
-    def _wrap(self, device_id: str, view: ConversationView, key: bytes) -> dict:
-        return crypto.wrap(device=self.device, recipient_device=device_id, conversation_id=view.conversation_id,
-                           epoch=view.epoch, group_key=key)
+    def _new_wraps(self, view: ConversationView, key: bytes, devices: list[str]) -> dict[str, dict | None]:
+        """New wraps of `key` for `devices` (§6b "When v2 is used"): their prekeys
+        claimed in one call, each signed prekey verified against the device id the
+        directory certified; v2 for every device with a signed prekey, v1 only for
+        one without (an older client) or from a server before v1.2. A device the
+        claim leaves out gets None (the server's answer to the send says why). A
+        signed prekey that does not verify is refused: never replaced by a v1 wrap."""
+        if not devices:
+            return {}
+        v1 = {d: crypto.wrap(device=self.device, recipient_device=d, conversation_id=view.conversation_id,
+                             epoch=view.epoch, group_key=key) for d in devices} if self.legacy else None
+        if v1 is not None:
+            return v1
+        claimed: dict[str, dict] | None = {}
+        try:
+            for start in range(0, len(devices), CLAIM_PAGE):
+                chunk = devices[start:start + CLAIM_PAGE]
+                answer = self.call("POST", "/dms/prekeys/claim", json={"devices": chunk})
+                entries = answer.get("prekeys") if isinstance(answer, dict) else None
+                for entry in entries if isinstance(entries, list) else []:
+                    if isinstance(entry, dict) and entry.get("device_id") in chunk:
+                        claimed.setdefault(entry["device_id"], entry)
+        except ApiError as exc:
+            if exc.status not in (404, 405):
+                raise
+            claimed = None  # a server before v1.2: nobody has prekeys
+        wraps, invalid = {}, []
+        for d in devices:
+            entry = {"signed_prekey": None} if claimed is None else claimed.get(d)
+            if entry is None:
+                wraps[d] = None
+            elif entry.get("signed_prekey") is None:
+                wraps[d] = crypto.wrap(device=self.device, recipient_device=d, conversation_id=view.conversation_id,
+                                       epoch=view.epoch, group_key=key)
+            else:
+                try:
+                    spk = protocol.spk_parse(entry["signed_prekey"], device=d)
+                    one_time = None if entry.get("one_time") is None else protocol.otk_parse(entry["one_time"])
+                except protocol.ProtocolError as exc:
+                    invalid.append({"device_id": d, "reason": exc.detail})
+                    continue
+                wraps[d] = crypto.wrap_v2(device=self.device, recipient_device=d, conversation_id=view.conversation_id,
+                                          epoch=view.epoch, group_key=key, signed_prekey=spk, one_time=one_time)
+        if invalid:
+            with self.store.transaction() as db:
+                for problem in invalid:
+                    self.store.event_add(db, conversation_id=view.conversation_id, kind="invalid_prekey", detail={
+                        **problem, "detail": "the server handed out a prekey for this device that does not verify: "
+                                             "nothing was sent (a v1 wrap would give up forward secrecy)"})
+            raise ClientError("invalid_prekey", f"{len(invalid)} device(s) have a signed prekey that does not verify "
+                              "against their certified device key; not sent", devices=invalid)
+        return wraps
 
     def _store_sent(self, view: ConversationView, message_id: str, plaintext: bytes, key_id: str, wraps: dict,
                     answer: dict, seq: int, *, probed: bool) -> None:
@@ -896,9 +1124,15 @@ class Client:
                  json.loads(plaintext)["sent_at"], parse_time(answer["created_at"]), parse_time(answer["expires_at"]),
                  answer["policy"], self.store.seal(plaintext), int(time.time())))
             # Accepted without a wrap: the server holds a receipt, so that device holds the key.
-            db.executemany("INSERT INTO wraps_sent (conversation_id, key_id, device_id, holds_key) VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT DO UPDATE SET holds_key = max(holds_key, excluded.holds_key)",
-                           [(view.conversation_id, key_id, d, int(w is None)) for d, w in wraps.items()])
+            # A v2 wrap is kept to be sent again until then; a v1 one is not (the device may
+            # publish a prekey meanwhile, and would then refuse it, §6b).
+            db.executemany("INSERT INTO wraps_sent (conversation_id, key_id, device_id, holds_key, wrap) "
+                           "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET holds_key = max(holds_key, "
+                           "excluded.holds_key), wrap = CASE WHEN excluded.holds_key THEN NULL ELSE "
+                           "coalesce(excluded.wrap, wrap) END",
+                           [(view.conversation_id, key_id, d, int(w is None),
+                             json.dumps(w) if w is not None and w.get("v") == 2 else None)
+                            for d, w in wraps.items()])
             db.execute("UPDATE sender_keys SET used = used + 1" + (", probed_at = ?" if probed else "") +
                        " WHERE key_id = ?", (int(time.time()), key_id) if probed else (key_id,))
             # Stored for `recipients` devices, not for the skipped: the status until the server says more.
@@ -1014,7 +1248,19 @@ class Client:
         (store first: a crash before storing means the message comes again).
         Pages on with `after`, then finishes with passes without it (§7)."""
         with self.store.sync_lock():
+            self._prekeys_at_sync()
             return self._sync(progress=progress, total=total, limit=limit)
+
+    def _prekeys_at_sync(self) -> None:
+        """At start (the first sync of this client) the server's supply is checked;
+        rotation is due locally. A failure here is told, and the sync goes on."""
+        try:
+            self._maintain_prekeys(check_server=not self._prekeys_checked)
+        except (ApiError, ClientError) as exc:
+            self._prekeys_checked = True  # not again at every sync of a long-running listener
+            with self.store.transaction() as db:
+                self.store.event_add(db, kind="prekeys_failed", detail={
+                    "error": exc.code, "detail": f"publishing this device's prekeys failed: {exc.detail}"})
 
     def _sync(self, *, progress, total, limit) -> SyncReport:
         report = SyncReport()
@@ -1026,6 +1272,7 @@ class Client:
             while True:
                 page = self.call("POST", "/dms/sync", json={"limit": limit, **({"after": after} if after else {})})
                 ok, failed = [], []
+                self._one_time_seen = set()
                 for msg in page["messages"]:
                     accepted, ackable_id = self._receive(msg)
                     if ackable_id is not None:
@@ -1036,6 +1283,7 @@ class Client:
                         progress(report.accepted + report.failed, total)
                 if ok or failed:
                     self.call("POST", "/dms/ack", json={"message_ids": ok, "failed": failed})
+                    self._erase_one_time(self._one_time_seen)
                 if page["has_more"]:
                     after = page["cursor"]
                 elif after is None or not (ok or failed):
@@ -1044,6 +1292,7 @@ class Client:
                     after = None
         finally:
             self._refreshed = None
+            self._one_time_seen = set()
 
     def _receive(self, msg: object) -> tuple[bool, str | None]:
         """Every check of §6 "Receiving", in its order; the message is stored as
@@ -1053,12 +1302,16 @@ class Client:
         now = time.time()
         try:
             m = crypto.parse(msg)
+            if isinstance(m.key_wrap, dict) and m.key_wrap.get("v") == 2 and m.key_wrap["one_time_id"] is not None:
+                # erased at the ACK of this delivery, whether accepted or failed (§6b)
+                self._one_time_seen.add(m.key_wrap["one_time_id"])
             crypto.check_certificate(m, now=int(now))
             warnings = self._check_membership(m)
             crypto.check_signature(m)
             key = self._message_key(m)
             plaintext = crypto.decrypt(key, m)
             self._check_time(m, plaintext, now)
+            self._check_wrap_version(m, plaintext)
             self._store_received(m, key, plaintext, warnings)
         except Rejected as rejected:
             self._record_failure(msg, rejected)
@@ -1129,7 +1382,12 @@ class Client:
 
     def _message_key(self, m: crypto.Incoming) -> bytes:
         if m.key_wrap is not None:
-            return crypto.unwrap(self.device, m)
+            held = self._held_key(m) if m.sender_device != self.device_id else None
+            if held is not None:  # a wrap sent again after we got the key (its one-time prekey may be gone)
+                return held
+            if m.key_wrap.get("v") != 2:
+                return crypto.unwrap(self.device, m)
+            return crypto.unwrap_v2(self.device, m, **self._prekey_privates(m.key_wrap))
         if m.sender_device == self.device_id:
             row = self.store.db.execute("SELECT sealed_key FROM sender_keys WHERE key_id = ? AND conversation_id = ?",
                                         (m.key_id, m.conversation_id)).fetchone()
@@ -1142,6 +1400,41 @@ class Client:
         key = self.store.unseal(row[0])
         crypto.check_key_id(key, m)
         return key
+
+    def _held_key(self, m: crypto.Incoming) -> bytes | None:
+        row = self.store.db.execute(
+            "SELECT sealed_key FROM received_keys WHERE conversation_id = ? AND sender_device = ? AND epoch = ? "
+            "AND key_id = ?", (m.conversation_id, m.sender_device, m.epoch, m.key_id)).fetchone()
+        return None if row is None else self.store.unseal(row[0])
+
+    def _prekey_privates(self, wrap: dict) -> dict:
+        """The private keys a v2 wrap names, by id; `unknown_prekey` if this device does not (or no longer) hold one."""
+        spk = self.store.db.execute("SELECT sealed_private FROM signed_prekeys WHERE id = ?",
+                                    (wrap["signed_prekey_id"],)).fetchone()
+        if spk is None or spk[0] is None:
+            raise Rejected("unknown_prekey", f"the key wrap names signed prekey {wrap['signed_prekey_id']}, which this "
+                           "device " + ("never made" if spk is None else "has erased (it was replaced long ago)"))
+        one_time = None
+        if wrap["one_time_id"] is not None:
+            row = self.store.db.execute("SELECT sealed_private FROM one_time_prekeys WHERE id = ?",
+                                        (wrap["one_time_id"],)).fetchone()
+            if row is None:
+                raise Rejected("unknown_prekey", f"the key wrap names one-time prekey {wrap['one_time_id']}, which "
+                               "this device does not hold (never made, or erased once used)")
+            one_time = self.store.unseal(row[0])
+        return {"signed_prekey_priv": self.store.unseal(spk[0]), "one_time_priv": one_time}
+
+    def _check_wrap_version(self, m: crypto.Incoming, plaintext: dict) -> None:
+        """§6b: once this device has published a signed prekey, a v1 wrap in a
+        message sent more than 24 h later is refused: a server withholding our
+        prekeys from the sender must not downgrade us silently."""
+        if m.key_wrap is None or m.key_wrap.get("v") == 2:
+            return
+        first = self.store.meta("first_spk_published_at")
+        if first is not None and plaintext["sent_at"] > first * 1000 + V1_WRAP_GRACE_MS:
+            raise Rejected("downgraded_key_wrap", "the key came in a v1 wrap (without this device's prekeys) in a "
+                           "message sent more than 24 h after this device published its signed prekey: the server "
+                           "may have withheld our prekeys from the sender, or the sender's client is outdated")
 
     def _check_time(self, m: crypto.Incoming, plaintext: dict, now: float) -> None:
         now_ms = int(now * 1000)
@@ -1346,6 +1639,11 @@ def _progress(counts: dict[str, int]) -> int:
 def rfc3339(seconds: int | None) -> str | None:
     return None if seconds is None else dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _wrap_counts(wraps: dict) -> dict:
+    versions = [2 if w.get("v") == 2 else 1 for w in wraps.values() if w is not None]
+    return {"v1": versions.count(1), "v2": versions.count(2)}
 
 
 def _time_or_none(value: str | None) -> int | None:

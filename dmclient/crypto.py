@@ -11,7 +11,8 @@ from dmclient import protocol
 
 from dmclient.identity import KeyPair
 
-MAX_KEY_USES = 2**32  # a sender key is replaced after this many messages (§6)
+MAX_KEY_USES = 1000  # a sender key is replaced after this many messages (§6b "Sender keys age")
+MAX_KEY_AGE_S = 7 * 86400  # ... and once it is this old, even within one epoch
 
 
 class Rejected(Exception):
@@ -50,8 +51,17 @@ def seal(*, device: KeyPair, conversation_id: str, epoch: int, message_id: str, 
 
 def wrap(*, device: KeyPair, recipient_device: str, conversation_id: str, epoch: int, group_key: bytes,
          nonce: bytes | None = None) -> dict:
+    """A v1 wrap (§6): only for a device that has no signed prekey (an older client)."""
     return protocol.key_wrap(sender_seed=device.seed, sender_device=device.id, recipient_device=recipient_device,
                              conversation_id=conversation_id, epoch=epoch, group_key=group_key, nonce=nonce)
+
+
+def wrap_v2(*, device: KeyPair, recipient_device: str, conversation_id: str, epoch: int, group_key: bytes,
+            signed_prekey: protocol.SignedPrekey, one_time: tuple[int, bytes] | None) -> dict:
+    """A v2 wrap (§6b) with a verified signed prekey (and a one-time prekey if one was claimed)."""
+    return protocol.key_wrap_v2(sender_seed=device.seed, sender_device=device.id, recipient_device=recipient_device,
+                                conversation_id=conversation_id, epoch=epoch, group_key=group_key,
+                                signed_prekey=signed_prekey, one_time=one_time)
 
 
 # --- receiving ----------------------------------------------------------------------
@@ -96,10 +106,7 @@ def parse(msg: object) -> Incoming:
         signature = protocol.b64d(msg.get("signature"), length=protocol.SIGNATURE_LEN, what="signature")
         wrap_ = msg.get("key_wrap")
         if wrap_ is not None:
-            if not isinstance(wrap_, dict) or set(wrap_) != {"nonce", "wrapped_key"}:
-                raise protocol.ProtocolError("key_wrap must be null or {nonce, wrapped_key}")
-            protocol.b64d(wrap_["nonce"], length=protocol.NONCE_LEN, what="wrap nonce")
-            protocol.b64d(wrap_["wrapped_key"], length=protocol.WRAPPED_KEY_LEN, what="wrapped_key")
+            check_wrap_shape(wrap_)
         policy = msg.get("policy")
         if not isinstance(policy, str):
             raise protocol.ProtocolError("policy must be a string")
@@ -111,6 +118,27 @@ def parse(msg: object) -> Incoming:
         key_id=msg["key_id"], participants_sha256=msg["participants_sha256"], nonce=msg["nonce"],
         ciphertext=ciphertext, signature=signature, key_wrap=wrap_, created_at=msg.get("created_at"),
         expires_at=msg.get("expires_at"), policy=policy)
+
+
+V2_WRAP_FIELDS = frozenset({"v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"})
+
+
+def check_wrap_shape(wrap_: object) -> int:
+    """A v1 wrap {nonce, wrapped_key} or a v2 wrap of exactly its six keys (§6b); its version."""
+    try:
+        version = protocol.wrap_version(wrap_)
+    except protocol.ProtocolError:
+        raise protocol.ProtocolError("key_wrap must be null, a v1 {nonce, wrapped_key} or a v2 wrap") from None
+    if version == 2:
+        if set(wrap_) != V2_WRAP_FIELDS:
+            raise protocol.ProtocolError(f"a v2 key_wrap has exactly the keys {sorted(V2_WRAP_FIELDS)}")
+        if not protocol.prekey_id_ok(wrap_["signed_prekey_id"]) or not (
+                wrap_["one_time_id"] is None or protocol.prekey_id_ok(wrap_["one_time_id"])):
+            raise protocol.ProtocolError("v2 key_wrap ids must be positive integers")
+        protocol.b64d(wrap_["ephemeral"], length=protocol.KEY_LEN, what="ephemeral")
+    protocol.b64d(wrap_["nonce"], length=protocol.NONCE_LEN, what="wrap nonce")
+    protocol.b64d(wrap_["wrapped_key"], length=protocol.WRAPPED_KEY_LEN, what="wrapped_key")
+    return version
 
 
 def check_certificate(m: Incoming, *, now: int) -> None:
@@ -135,6 +163,17 @@ def unwrap(device: KeyPair, m: Incoming) -> bytes:
         key = protocol.key_unwrap(recipient_seed=device.seed, recipient_device=device.id,
                                   sender_device=m.sender_device, conversation_id=m.conversation_id,
                                   epoch=m.epoch, wrap=m.key_wrap)
+    except protocol.ProtocolError as exc:
+        raise Rejected("bad_key_wrap", exc.detail) from None
+    check_key_id(key, m)
+    return key
+
+
+def unwrap_v2(device: KeyPair, m: Incoming, *, signed_prekey_priv: bytes, one_time_priv: bytes | None) -> bytes:
+    try:
+        key = protocol.key_unwrap_v2(signed_prekey_priv=signed_prekey_priv, one_time_priv=one_time_priv,
+                                     recipient_device=device.id, sender_device=m.sender_device,
+                                     conversation_id=m.conversation_id, epoch=m.epoch, wrap=m.key_wrap)
     except protocol.ProtocolError as exc:
         raise Rejected("bad_key_wrap", exc.detail) from None
     check_key_id(key, m)

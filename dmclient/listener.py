@@ -1,5 +1,5 @@
 """Background sync over the gateway (§9): answer heartbeats, sync on HELLO and
-DM_NOTIFY, follow device and conversation changes and delivery status (DM_STATUS), and reconnect with
+DM_NOTIFY, refill one-time prekeys on PREKEYS_LOW, follow device and conversation changes and delivery status (DM_STATUS), and reconnect with
 backoff when the server or the network goes away. The WebSocket is only a
 doorbell: every message comes through `Client.sync`, so whatever was missed
 while disconnected is fetched on the HELLO that follows reconnection."""
@@ -125,6 +125,13 @@ class Listener:
             return True
         elif op == "DM_NOTIFY":
             self.sync_wanted.set()
+        elif op == "PREKEYS_LOW":  # our one-time prekeys ran low on the server (§6b, §9): refill them
+            try:
+                held = await self._worker(self.client.maintain_prekeys)
+            except (ApiError, NetworkError, ClientError) as exc:
+                self.emit({"event": "prekeys_failed", "detail": str(exc)})
+            else:
+                self.emit({"event": "prekeys_refilled", "one_time_count": (held or {}).get("one_time_count")})
         elif op == "DM_STATUS":  # a delivery state of one of our messages changed (§7a)
             item = await self._worker(self.client.apply_status_event, d)
             if item is not None:

@@ -22,7 +22,7 @@ import nacl.utils
 
 STORE_FILE = "store.sqlite3"
 SYNC_LOCK_FILE = "sync.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 VERIFIER = b"decentcom/dmclient/store/v1\n"
 
 # DMCLIENT_KDF picks the Argon2id cost of a new store; opening uses the cost it was made with.
@@ -87,6 +87,17 @@ CREATE TABLE IF NOT EXISTS delivery_status (
     message_id TEXT PRIMARY KEY, conversation_id TEXT, counts TEXT NOT NULL, devices TEXT,
     updated_at INTEGER NOT NULL);
 """
+# Added in schema 3 (§6b, protocol v1.2): this device's prekeys, sealed like every other
+# secret; the age of a sender key; the v2 wrap sent for a key, re-sent until the device
+# holds it (a second claim would drain the recipient's one-time prekeys for nothing).
+SCHEMA_3 = """
+CREATE TABLE IF NOT EXISTS signed_prekeys (
+    id INTEGER PRIMARY KEY, sealed_private BLOB, created_at INTEGER NOT NULL, replaced_at INTEGER,
+    published INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS one_time_prekeys (
+    id INTEGER PRIMARY KEY, sealed_private BLOB NOT NULL, published INTEGER NOT NULL DEFAULT 0);
+"""
+SCHEMA_3_COLUMNS = (("sender_keys", "created_at", "INTEGER"), ("wraps_sent", "wrap", "TEXT"))
 
 
 class StoreError(Exception):
@@ -94,6 +105,16 @@ class StoreError(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _add_columns(db: sqlite3.Connection, columns) -> None:
+    for table, column, kind in columns:
+        if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:  # noqa: S608 - fixed names
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def store_path(home: str | os.PathLike) -> Path:
@@ -140,7 +161,8 @@ class Store:
         salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
         box = _derive(passphrase, salt, opslimit, memlimit)
         db = cls._connect(path)
-        db.executescript(SCHEMA + SCHEMA_2)
+        db.executescript(SCHEMA + SCHEMA_2 + SCHEMA_3)
+        _add_columns(db, SCHEMA_3_COLUMNS)
         store = cls(path, db, box)
         store.meta_set_many({
             "schema_version": SCHEMA_VERSION, "kdf": {"salt": salt.hex(), "opslimit": opslimit, "memlimit": memlimit},
@@ -169,9 +191,24 @@ class Store:
             raise StoreError("wrong_passphrase", "wrong passphrase for this store") from None
         store = cls(path, db, box)
         if store.meta("schema_version", 1) < SCHEMA_VERSION:
-            db.executescript(SCHEMA_2)
-            store.meta_set_many({"schema_version": SCHEMA_VERSION})
+            store._upgrade()
         return store
+
+    def _upgrade(self) -> None:
+        """Bring an older store to SCHEMA_VERSION, step by step, in one transaction
+        (another process opening it at the same time waits, then finds it done)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = 1 if row is None else json.loads(row[0])
+            if version < 2:
+                for statement in _statements(SCHEMA_2):
+                    db.execute(statement)
+            if version < 3:
+                for statement in _statements(SCHEMA_3):
+                    db.execute(statement)
+                _add_columns(db, SCHEMA_3_COLUMNS)
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                       (json.dumps(SCHEMA_VERSION),))
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:

@@ -72,6 +72,9 @@ class HttpApi:
     def patch(self, url, data=None, format=None):  # noqa: A002
         return self.http.patch(url, json=data)
 
+    def put(self, url, data=None, format=None):  # noqa: A002
+        return self.http.put(url, json=data)
+
     def delete(self, url, data=None, format=None):  # noqa: A002
         return self.http.delete(url)
 

@@ -1,6 +1,7 @@
 """The local store: sealed secrets and bodies, a passphrase that is checked,
 Argon2id limits, 0600/0700 permissions, and local expiry."""
 import json
+import sqlite3
 import stat
 
 import nacl.pwhash
@@ -8,7 +9,7 @@ import pytest
 
 from dmclient import Client
 from dmclient.client import REPLAY_WINDOW_DAYS
-from dmclient.store import STORE_FILE, Store, StoreError
+from dmclient.store import SCHEMA, SCHEMA_2, SCHEMA_VERSION, STORE_FILE, Store, StoreError
 from tests.client.conftest import PASSPHRASE
 
 SECRET_TEXT = "the store must never show this sentence in clear"
@@ -46,7 +47,31 @@ def test_a_store_of_schema_1_gains_contacts_and_delivery_status(tmp_path):
     store.close()
     store = Store.open(tmp_path / "home", PASSPHRASE)
     tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"contacts", "delivery_status"} <= tables and store.meta("schema_version") == 2
+    assert {"contacts", "delivery_status"} <= tables and store.meta("schema_version") == SCHEMA_VERSION
+    store.close()
+
+
+def test_a_store_of_schema_2_gains_prekey_tables_and_key_ages(tmp_path):
+    """A store made by the v1.1 client (its tables as they were) opens as schema 3 (§6b)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    db = sqlite3.connect(home / "store.sqlite3")
+    db.executescript(SCHEMA + SCHEMA_2)
+    db.close()
+    fresh = Store.create(tmp_path / "fresh", PASSPHRASE, kdf="min")
+    meta = fresh.db.execute("SELECT key, value FROM meta").fetchall()
+    fresh.close()
+    db = sqlite3.connect(home / "store.sqlite3")
+    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [tuple(r) for r in meta])
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    store = Store.open(home, PASSPHRASE)
+    tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"signed_prekeys", "one_time_prekeys"} <= tables
+    assert "created_at" in {r[1] for r in store.db.execute("PRAGMA table_info(sender_keys)")}
+    assert "wrap" in {r[1] for r in store.db.execute("PRAGMA table_info(wraps_sent)")}
+    assert store.meta("schema_version") == SCHEMA_VERSION == 3
     store.close()
 
 

@@ -677,7 +677,8 @@ export class DmClient {
       if (known[d]?.holds || (probing && d in known)) wraps.set(d, null);
       else need.push(d);
     }
-    for (const [d, w] of await this.wrapsFor(view, sk, need)) wraps.set(d, w);
+    const made = await this.wrapsFor(view, sk, need);
+    for (const d of need) wraps.set(d, made.get(d) ?? null); // no wrap for a device the claim left out
     return { wraps, probing };
   }
 
@@ -704,17 +705,20 @@ export class DmClient {
     const out = new Map<string, AnyKeyWrap>();
     if (!devices.length) return out;
     const claimed = new Map<string, ClaimedPrekeys>();
+    let noPrekeys = false;
     try {
       const answer = await this.call((t) => this.api.claimPrekeys(t, devices));
       for (const p of answer.prekeys ?? []) if (p && devices.includes(p.device_id)) claimed.set(p.device_id, p);
     } catch (exc) {
-      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc; // 404: a server before v1.2
+      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
+      noPrekeys = true; // 404: a server before v1.2, where nobody has prekeys
     }
     const refused: { deviceId: string; detail: string }[] = [];
     for (const d of devices) {
-      const c = claimed.get(d);
-      if (c === undefined || c.signed_prekey === null || c.signed_prekey === undefined) {
-        out.set(d, this.wrapFor(d, view, sk.key));
+      const c = noPrekeys ? { device_id: d, signed_prekey: null, one_time: null } : claimed.get(d);
+      if (c === undefined) continue; // left out: not an active device (the server answers mismatched_devices if it is)
+      if (c.signed_prekey === null || c.signed_prekey === undefined) {
+        out.set(d, this.wrapFor(d, view, sk.key)); // v1 only for a device without a signed prekey (an older client)
         continue;
       }
       let wrap: KeyWrapV2;
@@ -1030,17 +1034,17 @@ export class DmClient {
     }
   }
 
-  /** A v1 wrap opens with the static keys; a v2 wrap with this device's prekeys by id, unless
-   * the key for key_id is already held (a wrap sent again after its one-time key was used);
+  /** A key already held for key_id is used (a wrap sent again after its one-time key was used);
+   * else a v1 wrap opens with the static keys, a v2 wrap with this device's prekeys by id;
    * `missing_key` when there is no wrap and no stored key for this key_id. */
   private async messageKey(m: Incoming): Promise<Uint8Array> {
-    if (m.keyWrap !== null && m.wrapVersion === 1) return unwrap(this.device, m);
     const held = await this.heldKey(m);
     if (m.keyWrap !== null) {
-      if (held) {
+      if (held && m.senderDevice !== this.device.id) {
         checkKeyId(held, m);
         return held;
       }
+      if (m.wrapVersion === 1) return unwrap(this.device, m);
       const w = m.keyWrap as KeyWrapV2;
       return unwrapV2(this.device, m, {
         signed: await this.prekeys.signedPrivate(w.signed_prekey_id),

@@ -116,7 +116,7 @@ describe.skipIf(!url)("live server: forward secrecy (§6b)", () => {
     await bob.refreshConversations();
     expect(await bob.sync()).toEqual({ accepted: 0, failed: 1 });
     const failure = (await bob.timeline(cid)).find((i): i is Failure => i.kind === "failed")!;
-    expect(failure.reason).toBe("downgraded");
+    expect(failure.reason).toBe("downgraded_key_wrap");
     expect(failure.detail).toBe(DOWNGRADE_TEXT);
     // within the first 24 h, a v1 wrap is still taken (an old client's messages)
     await inside(bob).store.put("meta", "prekeys", { ...meta, firstPublishedAt: Date.now() });

@@ -131,7 +131,7 @@ describe("the v1 downgrade rule", () => {
     await prekeys.markPublished(next, [], T0 + SPK_ROTATE_MS);
     expect((await prekeys.meta()).firstPublishedAt).toBe(T0 + 1000);
     const m = { wrapVersion: 1 } as Incoming;
-    expect(() => checkDowngrade(m, true)).toThrow(expect.objectContaining({ reason: "downgraded", detail: DOWNGRADE_TEXT }));
+    expect(() => checkDowngrade(m, true)).toThrow(expect.objectContaining({ reason: "downgraded_key_wrap", detail: DOWNGRADE_TEXT }));
     expect(() => checkDowngrade(m, false)).not.toThrow();
     expect(() => checkDowngrade({ wrapVersion: 2 } as Incoming, true)).not.toThrow();
     expect(() => checkDowngrade({ wrapVersion: null } as Incoming, true)).not.toThrow();
@@ -170,10 +170,10 @@ describe("a v2 wrap from the receiver's stored prekeys, as sync delivers it", ()
     expect(keyId(unwrapV2(bob.device, m, await privates()))).toBe(keyId(groupKey));
     await bob.prekeys.eraseOneTime([otk.id]);
     expect(() => unwrapV2(bob.device, m, { signed: spk.priv, oneTime: null }))
-      .toThrow(expect.objectContaining({ reason: "bad_key_wrap", detail: expect.stringContaining(`one-time prekey ${otk.id}`) }));
+      .toThrow(expect.objectContaining({ reason: "unknown_prekey", detail: expect.stringContaining(`one-time prekey ${otk.id}`) }));
     // and once the signed key is erased too, the device seed alone opens nothing
     expect(() => unwrapV2(bob.device, m, { signed: null, oneTime: null }))
-      .toThrow(expect.objectContaining({ reason: "bad_key_wrap", detail: expect.stringContaining("signed prekey") }));
+      .toThrow(expect.objectContaining({ reason: "unknown_prekey", detail: expect.stringContaining("signed prekey") }));
   });
 
   it("without a one-time prekey; a wrong key is bad_key_wrap", async () => {

@@ -137,16 +137,16 @@ export function oneTimeIdOf(msg: unknown): number | null {
   return wrap && typeof wrap === "object" && wrap.v === 2 && prekeyIdOk(wrap.one_time_id) ? wrap.one_time_id : null;
 }
 
-/** `bad_key_wrap`, then `bad_key_id`: a v2 wrap (§6b), with this device's prekey private keys
+/** `unknown_prekey`, `bad_key_wrap`, then `bad_key_id`: a v2 wrap (§6b), with this device's prekey private keys
  * by the wrap's ids (null where this device does not hold it, or no longer). */
 export function unwrapV2(
   device: KeyPair, m: Incoming, privates: { signed: Uint8Array | null; oneTime: Uint8Array | null },
 ): Uint8Array {
   const wrap = m.keyWrap as KeyWrapV2;
   if (privates.signed === null)
-    throw new Rejected("bad_key_wrap", `this device does not hold signed prekey ${wrap.signed_prekey_id} (erased or never made)`);
+    throw new Rejected("unknown_prekey", `the key wrap names signed prekey ${wrap.signed_prekey_id}, which this device does not hold (never made, or erased long after it was replaced)`);
   if (wrap.one_time_id !== null && privates.oneTime === null)
-    throw new Rejected("bad_key_wrap", `this device does not hold one-time prekey ${wrap.one_time_id} (used already, or never made)`);
+    throw new Rejected("unknown_prekey", `the key wrap names one-time prekey ${wrap.one_time_id}, which this device does not hold (never made, or erased once used)`);
   const key = asRejected("bad_key_wrap", () => keyUnwrapV2({
     signedPrekeyPriv: privates.signed!, oneTimePriv: wrap.one_time_id === null ? null : privates.oneTime,
     recipientDevice: device.id, senderDevice: m.senderDevice, conversationId: m.conversationId, epoch: m.epoch, wrap,
@@ -159,9 +159,9 @@ export function unwrapV2(
 export const DOWNGRADE_TEXT =
   "This message was encrypted without forward secrecy although this device offers it; the server may have withheld this device's prekeys.";
 
-/** `downgraded`: a v1 wrap in a message sent when this device's prekeys had long been published. */
+/** `downgraded_key_wrap`: a v1 wrap in a message sent when this device's prekeys had long been published. */
 export function checkDowngrade(m: Incoming, refused: boolean): void {
-  if (m.wrapVersion === 1 && refused) throw new Rejected("downgraded", DOWNGRADE_TEXT);
+  if (m.wrapVersion === 1 && refused) throw new Rejected("downgraded_key_wrap", DOWNGRADE_TEXT);
 }
 
 /** `bad_key_id`. */

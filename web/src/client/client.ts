@@ -1113,7 +1113,7 @@ export class DmClient {
     if (rejected.reason === "bad_certificate" && sender && this.contactCache.get(sender)?.verified)
       await this.untrustedDevice(sender, String(m.sender_device), rejected.detail);
     if (cid) this.emit({ type: "timeline", conversationId: cid, items: [failure] });
-    this.warn(cid, `A message${sender ? ` claiming to be from ${this.displayName(sender)}` : ""} was refused (${rejected.reason}): ${rejected.detail}.`);
+    this.warn(cid, `A message${sender ? ` claiming to be from ${this.displayName(sender)}` : ""} was refused (${rejected.reason}): ${rejected.detail.replace(/\.$/, "")}.`);
   }
 
   /** Keep no message longer than the server would: bodies go at expiresAt; an id stays for the

@@ -2,7 +2,8 @@
 and a v1.2 CLI exchange v2-wrapped messages both ways (checked on the deliveries
 the server stored), a CLI of protocol 1.1 (no prekeys) still talks to the web
 client both ways with v1 wraps, and a v1 wrap sent long after the browser first
-published its prekeys is refused with a reason shown in the conversation."""
+published its prekeys is refused with a reason shown in the conversation; PREKEYS_LOW
+on the gateway makes the browser refill its one-time prekeys."""
 import time
 
 import pytest
@@ -111,3 +112,21 @@ def test_a_late_v1_wrap_is_refused_and_shown(open_browser, server, tmp_path):
     expect(message(erin, "Sent without forward secrecy")).to_have_count(0)
     expect(page.get_by_text("prekeys..")).to_have_count(0)
     screenshot(erin, "forward-secrecy-downgrade-refused")
+
+
+def test_prekeys_low_on_the_gateway_refills_the_browser(open_browser, server, tmp_path):
+    from dmclient.client import Client
+
+    alice = create_identity(open_browser(), "Alice's laptop")
+    connected(alice)
+    grace = cli_user(server, tmp_path, "grace-cli")
+    client = Client.open(grace.home, "cli test passphrase")
+    try:
+        for _ in range(81):  # 100 -> 19: the server sends PREKEYS_LOW to Alice's browser after the last claim
+            client.call("POST", "/dms/prekeys/claim", json={"devices": [alice.device_id]})
+    finally:
+        client.close()
+    deadline = time.monotonic() + 20
+    while prekey_supply(server, alice.device_id)[1] != 100:
+        assert time.monotonic() < deadline, f"never refilled: {prekey_supply(server, alice.device_id)}"
+        time.sleep(0.2)

@@ -130,3 +130,37 @@ def test_prekeys_low_on_the_gateway_refills_the_browser(open_browser, server, tm
     while prekey_supply(server, alice.device_id)[1] != 100:
         assert time.monotonic() < deadline, f"never refilled: {prekey_supply(server, alice.device_id)}"
         time.sleep(0.2)
+
+
+def test_a_prekey_that_does_not_verify_is_refused_never_replaced_by_v1(open_browser, server, tmp_path):
+    """A lying server (here: the claim's answer rewritten on its way to the browser) hands out
+    a signed prekey with another X25519 key under the device's signature: nothing is sent."""
+    import base64
+    import json as jsonlib
+
+    alice = create_identity(open_browser(), "Alice's laptop")
+    heidi = cli_user(server, tmp_path, "heidi-cli")
+    connected(alice)
+    tampered = []
+
+    def tamper(route):
+        answer = route.fetch()
+        body = answer.json()
+        for entry in body["prekeys"]:
+            if entry["signed_prekey"] is not None:
+                entry["signed_prekey"]["x25519"] = base64.b64encode(bytes(range(32))).decode()
+                tampered.append(entry["device_id"])
+        route.fulfill(response=answer, body=jsonlib.dumps(body))
+
+    alice.page.route("**/api/v1/dms/prekeys/claim", tamper)
+    start_conversation(alice, [heidi.user_id])
+    send(alice, "Never without forward secrecy")
+    log = alice.page.get_by_role("log", name="Messages")
+    expect(log.get_by_role("note").filter(has_text="a prekey that does not verify")).to_contain_text(
+        "never sent without forward secrecy")
+    expect(alice.page.get_by_role("alert")).to_contain_text("prekey does not verify; not sent")
+    expect(alice.page.get_by_role("textbox", name="Message")).to_have_value("Never without forward secrecy")  # kept
+    expect(message(alice, "Never without forward secrecy")).to_have_count(0)
+    assert tampered == [heidi.device_id]
+    assert wraps_to(server, heidi.device_id) == []  # no v1 wrap either: nothing reached the server
+    screenshot(alice, "forward-secrecy-invalid-prekey-refused")

@@ -130,6 +130,9 @@ def test_prekeys_low_on_the_gateway_refills_the_browser(open_browser, server, tm
     while prekey_supply(server, alice.device_id)[1] != 100:
         assert time.monotonic() < deadline, f"never refilled: {prekey_supply(server, alice.device_id)}"
         time.sleep(0.2)
+    alice.page.get_by_role("link", name="Devices").click()
+    expect(alice.page.locator("p", has_text="Forward secrecy:")).to_contain_text("On since")
+    expect(alice.page.locator("p", has_text="Forward secrecy:")).to_contain_text("signed prekey 1, 100 one-time prekeys on the server")
 
 
 def test_a_prekey_that_does_not_verify_is_refused_never_replaced_by_v1(open_browser, server, tmp_path):

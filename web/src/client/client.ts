@@ -299,7 +299,13 @@ export class DmClient {
 
   /** What the server holds of this device's prekeys, and when this device first published one. */
   async prekeyInfo(): Promise<{ signedPrekeyId: number | null; oneTimeCount: number; firstPublishedAt: number | null }> {
-    const server = await this.call((t) => this.api.getPrekeys(t));
+    let server;
+    try {
+      server = await this.call((t) => this.api.getPrekeys(t));
+    } catch (exc) {
+      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
+      server = { signed_prekey: null, one_time_count: 0 }; // a server before v1.2
+    }
     const id = (server.signed_prekey as { id?: unknown } | null)?.id;
     return {
       signedPrekeyId: typeof id === "number" ? id : null, oneTimeCount: server.one_time_count,
@@ -324,12 +330,16 @@ export class DmClient {
       throw exc;
     }
     const t = now();
-    const held = (server.signed_prekey as { id?: unknown } | null)?.id;
-    const serverId = typeof held === "number" && Number.isSafeInteger(held) ? held : 0;
+    const held = server.signed_prekey as { id?: unknown; x25519?: unknown } | null;
+    const serverId = typeof held?.id === "number" && Number.isSafeInteger(held.id) ? held.id : 0;
     let current = await this.prekeys.current();
-    if (current === null || this.prekeys.needsRotation(current, t) || serverId > current.id)
+    // A server holding a newer id, or another key under our id (a store restored from a copy), gets a new one above it.
+    if (current === null || this.prekeys.needsRotation(current, t) || serverId > current.id
+      || (serverId === current.id && held?.x25519 !== current.wire.x25519))
       current = await this.prekeys.rotate(t, serverId);
-    const sendSpk = current.id !== serverId || !current.published;
+    const sendSpk = current.id !== serverId;
+    // Already there (an earlier PUT whose answer was lost): published, not sent again (that would be stale_prekey).
+    if (!sendSpk && !current.published) await this.prekeys.markPublished(current, [], t);
     const count = typeof server.one_time_count === "number" ? server.one_time_count : 0;
     const oneTime = count < ONE_TIME_LOW ? await this.prekeys.oneTimeToPublish(count) : [];
     if (!sendSpk && !oneTime.length) return;

@@ -90,6 +90,25 @@ describe.skipIf(!url)("live server: forward secrecy (§6b)", () => {
     expect((await texts(bob, cid)).slice(-2)).toEqual(["new key (count)", "new key (age)"]);
   }, 120_000);
 
+  it("start publishes what the server lacks: a store without prekeys, and a PUT whose answer was lost", async () => {
+    const alice = await create("Alice web");
+    const spk = await inside(alice).prekeys.current();
+    await inside(alice).store.put("signedPrekeys", String(spk.id).padStart(16, "0"), { ...spk, published: false });
+    await alice.maintainPrekeys(); // the server has it already: no stale_prekey, marked published
+    expect((await inside(alice).prekeys.current()).published).toBe(true);
+    expect((await alice.prekeyInfo()).signedPrekeyId).toBe(spk.id);
+
+    // a store with no prekeys at all (as before v1.2): a signed prekey above the server's id is published
+    await inside(alice).prekeys.eraseAll();
+    await inside(alice).store.delete("meta", "prekeys");
+    expect((await alice.prekeyInfo()).firstPublishedAt).toBeNull();
+    await alice.maintainPrekeys();
+    const info = await alice.prekeyInfo();
+    expect(info.signedPrekeyId).toBe(spk.id + 1);
+    expect(info.firstPublishedAt).not.toBeNull();
+    expect((await inside(alice).prekeys.current()).id).toBe(spk.id + 1);
+  }, 120_000);
+
   it("a v1 wrap sent more than 24 h after the receiver first published a signed prekey is refused, and shown", async () => {
     const alice = await create("Alice web");
     const bob = await create("Bob web");

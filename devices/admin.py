@@ -1,11 +1,16 @@
 """Users and devices. Every action that changes state needs the model's
 *change* permission (view-only staff see, never act), and goes through the
 same services as the API."""
+import datetime as dt
+
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import Count, F, IntegerField, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from decentcom.admin import short_id, short_time
-from devices.models import Device, User
+from devices.models import Device, OneTimePrekey, User
 from devices.services import device_revoke, user_suspend, user_unsuspend
 
 
@@ -50,12 +55,48 @@ class UserAdmin(BaseUserAdmin):
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
     # Short ids and minutes: every column fits 1280 px (the detail page has the full values).
-    list_display = ("device", "name", "user_short", "issued", "expires", "revoked", "last_seen")
+    list_display = ("device", "name", "user_short", "issued", "expires", "revoked", "last_seen",
+                    "signed_prekey_short", "one_time_supply")
     list_filter = ("revoked_at",)
     search_fields = ("device_id", "name", "user__username")
     list_select_related = ("user",)
-    readonly_fields = [f.name for f in Device._meta.fields]
+    # §6b: of the prekeys only the signed prekey's id and age and the one-time supply, never a key
+    readonly_fields = [*(f.name for f in Device._meta.fields), "signed_prekey_detail", "one_time_supply"]
     actions = ["revoke_devices"]
+
+    def get_queryset(self, request):
+        supply = (OneTimePrekey.objects.filter(device=OuterRef("pk")).order_by().values("device")
+                  .annotate(n=Count("id")).values("n"))
+        return super().get_queryset(request).annotate(
+            one_time_count=Coalesce(Subquery(supply, output_field=IntegerField()), 0),
+            spk_id=F("signed_prekey__prekey_id"), spk_created_at=F("signed_prekey__created_at"),
+            spk_uploaded_at=F("signed_prekey__uploaded_at"))
+
+    @staticmethod
+    def _age(value) -> str:
+        age = timezone.now() - value
+        if age < dt.timedelta(hours=1):
+            return f"{max(0, int(age.total_seconds() // 60))} min"
+        if age < dt.timedelta(days=2):
+            return f"{int(age.total_seconds() // 3600)} h"
+        return f"{age.days} d"
+
+    @admin.display(description="signed prekey", ordering="spk_id")
+    def signed_prekey_short(self, obj):
+        if obj.spk_id is None:
+            return "-"
+        return f"#{obj.spk_id}, {self._age(obj.spk_created_at)} old"
+
+    @admin.display(description="signed prekey")
+    def signed_prekey_detail(self, obj):
+        if obj.spk_id is None:
+            return "none published"
+        return (f"id {obj.spk_id}, created {short_time(obj.spk_created_at)} UTC ({self._age(obj.spk_created_at)} "
+                f"ago), uploaded {short_time(obj.spk_uploaded_at)} UTC")
+
+    @admin.display(description="one-time prekeys", ordering="one_time_count")
+    def one_time_supply(self, obj):
+        return obj.one_time_count
 
     @admin.display(description="device", ordering="device_id")
     def device(self, obj):

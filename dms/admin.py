@@ -79,7 +79,7 @@ class DeliveryInline(admin.TabularInline):
         return False
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("device").defer("wrap_nonce", "wrapped_key").annotate(
+        return super().get_queryset(request).select_related("device").defer("wrap_nonce", "wrapped_key", "wrap_ephemeral").annotate(
             wrap_len=Length("wrapped_key"))
 
     @admin.display(boolean=True, description="key wrap")

@@ -367,7 +367,7 @@ def test_bad_v2_shapes_refused(person, why):
     response = send(alice.device, body)
     assert response.status_code == 400, (why, response.content)
     assert response.json()["error"] == "invalid_request"
-    assert "recipients.0.key_wrap" in response.json()["fields"]
+    assert any(f.startswith("recipients.0.key_wrap") for f in response.json()["fields"]), response.json()
     assert sync(bob.device)["messages"] == []
 
 
@@ -381,3 +381,37 @@ def test_good_v2_shape_accepted_with_null_one_time_id(person):
     body["recipients"][0]["key_wrap"] = wrap
     assert send(alice.device, body).status_code == 201, send(alice.device, body).content
     assert sync(bob.device)["messages"][0]["key_wrap"] == wrap
+
+
+# --- per-request work does not grow with the devices claimed ------------------------------
+
+# session, settings, the active devices, BEGIN, the DELETE of one-time prekeys, signed prekeys,
+# one-time counts, COMMIT
+CLAIM_QUERIES = 8
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("devices", [1, 9])
+def test_claim_query_count_is_flat(person, devices, django_assert_num_queries):
+    alice, bob = person(), person(devices)
+    for device in bob.devices:
+        publish(device, one_time=2)
+    with django_assert_num_queries(CLAIM_QUERIES):
+        response = claim(alice.device, [d.id for d in bob.devices])
+    assert [p["one_time"]["id"] for p in response.json()["prekeys"]] == [1] * devices
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("recipients", [1, 8])
+def test_v2_send_and_sync_query_counts_are_those_of_v1(person, recipients, django_assert_max_num_queries):
+    from tests.dms.test_query_counts import SEND_QUERIES, SYNC_QUERIES
+
+    alice, bob = person(), person(recipients)
+    conversation = create_conversation(alice.device, [bob.id])
+    body = build_send(alice.device, conversation)
+    for recipient in body["recipients"]:
+        recipient["key_wrap"] = _good_v2()
+    with django_assert_max_num_queries(SEND_QUERIES):
+        assert send(alice.device, body).status_code == 201
+    with django_assert_max_num_queries(SYNC_QUERIES):
+        assert len(sync(bob.devices[0])["messages"]) == 1

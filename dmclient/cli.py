@@ -187,6 +187,11 @@ def item_text(item: dict, names: Names) -> str:
         return f"{conv} ! WARNING epoch {visible(item['epoch'])}: {visible(item['detail'])}"
     if kind == "untrusted_device":
         return names.untrusted_device(item["device_id"], item["user_id"], item["reason"])
+    if kind == "invalid_prekey":
+        return (f"{conv} ! WARNING device {visible(item['device_id'])}: {visible(item['detail'])} "
+                f"({visible(item['reason'])})")
+    if kind == "prekeys_failed":
+        return f"! WARNING {visible(item['detail'])}"
     if kind in ("device_added", "device_revoked"):
         return f"* your device {short(item['device_id'])} ({visible(item['name'])}) was {kind.split('_')[1]}"
     return f"{conv} * {visible(kind)}: {json.dumps(item)}"

@@ -50,7 +50,7 @@ ONE_TIME_TARGET = 100  # one-time prekeys kept on the server
 ONE_TIME_LOW = 20  # ... refilled to ONE_TIME_TARGET when fewer remain
 ONE_TIME_PUT_MAX = 100  # per PUT /devices/prekeys
 V1_WRAP_GRACE_MS = DAY_S * 1000  # a v1 wrap sent later than this after we first published a signed prekey is refused
-CLAIM_PAGE = 1000  # devices per POST /dms/prekeys/claim (the recipient limit)
+CLAIM_PAGE = 500  # devices per POST /dms/prekeys/claim (the server's default recipient limit)
 LEGACY_ENV = "DMCLIENT_PROTOCOL"  # "1.1": behave as a client before v1.2 (no prekeys, v1 wraps only), for interop tests
 
 
@@ -203,7 +203,7 @@ class Client:
         client = cls(store, transport=transport, legacy=legacy)
         if session is not None:
             client._adopt(session)
-            client.maintain_prekeys()
+            client._prekeys_after_registration()
         return client
 
     @classmethod
@@ -337,7 +337,7 @@ class Client:
         self.store.meta_set_many({"user_id": parsed.master, "certificate": cert, "device_name": parsed.name})
         self.forget_token()
         self.login()
-        self.maintain_prekeys()
+        self._prekeys_after_registration()
         return self.whoami()
 
     def add_device(self, home, passphrase: str, *, name: str, expires_days: int | None = None,
@@ -487,6 +487,16 @@ class Client:
                     db.execute("INSERT INTO meta (key, value) VALUES ('first_spk_published_at', ?)", (json.dumps(now),))
             return answer
         raise ClientError("stale_prekey", "the server keeps refusing this device's new signed prekey as stale")
+
+    def _prekeys_after_registration(self) -> None:
+        """Publish at registration; a failure does not undo it (the first sync publishes)."""
+        try:
+            self.maintain_prekeys()
+        except (ApiError, NetworkError, ClientError) as exc:
+            with self.store.transaction() as db:
+                self.store.event_add(db, kind="prekeys_failed", detail={
+                    "error": getattr(exc, "code", "network_error"),
+                    "detail": f"publishing this device's prekeys failed, the next sync tries again: {exc}"})
 
     def _current_signed_prekey(self) -> sqlite3.Row | None:
         return self.store.db.execute("SELECT * FROM signed_prekeys WHERE replaced_at IS NULL AND sealed_private IS NOT "
@@ -956,8 +966,10 @@ class Client:
                                      message_id=message_id, group_key=key,
                                      participants_sha256=view.participants_sha256, plaintext=plaintext)
                 wraps = None
+                made: dict[str, dict] = {}  # wraps of this key made by this send: a retry claims no prekeys again
             if wraps is None:
-                wraps, probing = self._plan_wraps(view, key, key_id)
+                wraps, probing = self._plan_wraps(view, key, key_id, made)
+                made.update((d, w) for d, w in wraps.items() if w is not None)
             body = {"message_id": message_id, "conversation_id": conversation_id, "epoch": view.epoch,
                     "participants_sha256": view.participants_sha256, "retention": accepted, **sealed,
                     "recipients": [{"device_id": d, "key_wrap": w} for d, w in sorted(wraps.items())]}
@@ -999,7 +1011,10 @@ class Client:
                     wraps = None
                 elif exc.code == "missing_key_wraps":
                     lacking = [d for d in exc.body.get("devices", []) if d in wraps]
-                    new = self._new_wraps(view, key, lacking)
+                    new = {**self._stored_wraps(view.conversation_id, key_id, lacking),  # a probe left them out
+                           **{d: made[d] for d in lacking if d in made}}
+                    new.update(self._new_wraps(view, key, [d for d in lacking if d not in new]))
+                    made.update((d, w) for d, w in new.items() if w is not None)
                     withheld = sorted(d for d in lacking if new.get(d) is None)
                     if withheld:
                         raise ClientError("prekeys_withheld", "the server wants key wraps for devices it gives no "
@@ -1031,7 +1046,8 @@ class Client:
                             "reason": str(entry.get("reason") or "mailbox_full")})
         return out
 
-    def _plan_wraps(self, view: ConversationView, key: bytes, key_id: str) -> tuple[dict, bool]:
+    def _plan_wraps(self, view: ConversationView, key: bytes, key_id: str,
+                    made: dict[str, dict] | None = None) -> tuple[dict, bool]:
         """device_id -> wrap, or None where the device holds the key already.
 
         A wrap is needed until the recipient ACKs a message carrying one (§7,
@@ -1055,10 +1071,17 @@ class Client:
                 wraps[d] = None
             elif stored is not None:
                 wraps[d] = json.loads(stored)
+            elif made and d in made:
+                wraps[d] = made[d]
             else:
                 new.append(d)
         wraps.update(self._new_wraps(view, key, new))
         return wraps, probing
+
+    def _stored_wraps(self, conversation_id: str, key_id: str, devices: list[str]) -> dict[str, dict]:
+        rows = self.store.db.execute("SELECT device_id, wrap FROM wraps_sent WHERE conversation_id = ? AND key_id = ? "
+                                     "AND wrap IS NOT NULL", (conversation_id, key_id)).fetchall()
+        return {r[0]: json.loads(r[1]) for r in rows if r[0] in devices}
 
     def _new_wraps(self, view: ConversationView, key: bytes, devices: list[str]) -> dict[str, dict | None]:
         """New wraps of `key` for `devices` (§6b "When v2 is used"): their prekeys

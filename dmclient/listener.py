@@ -22,6 +22,7 @@ CLOSE_REVOKED = 4003
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 SYNC_RETRY_S = 5.0
+PREKEYS_CHECK_S = 3600.0  # how often a listener looks whether its signed prekey is due for rotation (§6b)
 
 
 def gateway_url(server: str) -> str:
@@ -53,7 +54,8 @@ class Listener:
 
     async def run(self) -> None:
         """Until this device is revoked (raises `Revoked`) or the task is cancelled."""
-        tasks = [asyncio.create_task(self._connect_loop()), asyncio.create_task(self._sync_loop())]
+        tasks = [asyncio.create_task(self._connect_loop()), asyncio.create_task(self._sync_loop()),
+                 asyncio.create_task(self._prekeys_loop())]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -154,6 +156,15 @@ class Listener:
             self.client.store.event_add(db, kind="device_added" if op == "DEVICE_ADD" else "device_revoked",
                                         detail={"device_id": d.get("device_id"), "name": d.get("name")})
         self.client.directory(self.client.user_id, refresh=True)
+
+    async def _prekeys_loop(self) -> None:
+        """A listener may run for weeks without a sync: rotation (local, no request unless due) hourly."""
+        while True:
+            await asyncio.sleep(PREKEYS_CHECK_S)
+            try:
+                await self._worker(self.client.maintain_prekeys, check_server=False)
+            except (ApiError, NetworkError, ClientError) as exc:
+                self.emit({"event": "prekeys_failed", "detail": str(exc)})
 
     # --- syncing --------------------------------------------------------------------------
 

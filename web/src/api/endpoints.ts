@@ -1,5 +1,5 @@
 // Typed wrappers for every endpoint the client uses (PROTOCOL.md §3-§9).
-import type { KeyWrap, Sealed, WireCert } from "../protocol";
+import type { AnyKeyWrap, Sealed, WireCert, WireOtk, WireSpk } from "../protocol";
 import { Http } from "./http";
 
 export type Time = string; // RFC 3339
@@ -20,12 +20,12 @@ export interface ConversationPage { conversations: ConversationWire[]; has_more:
 export interface MessageWire {
   message_id: string; conversation_id: string; sender: string; sender_device: string; sender_certificate: unknown;
   epoch: number; key_id: string; participants_sha256: string; nonce: string; ciphertext: string; signature: string;
-  key_wrap: KeyWrap | null; created_at: Time; expires_at: Time | null; policy: string;
+  key_wrap: AnyKeyWrap | null; created_at: Time; expires_at: Time | null; policy: string;
 }
 export type MessagePage = { messages: unknown[]; has_more: boolean; cursor: string };
 export interface SendBody extends Sealed {
   message_id: string; conversation_id: string; epoch: number; participants_sha256: string;
-  retention: RetentionWire; recipients: { device_id: string; key_wrap: KeyWrap | null }[];
+  retention: RetentionWire; recipients: { device_id: string; key_wrap: AnyKeyWrap | null }[];
 }
 export interface SendAnswer {
   message_id: string; created_at: Time; expires_at: Time | null; policy: string; recipients: number;
@@ -41,6 +41,9 @@ export interface ServerWire {
   retention: { default: RetentionWire; max_ttl_days: number; permanent_allowed: boolean; max_undelivered_days: number };
   limits: Record<string, number>; gateway: { url: string; heartbeat_interval_ms: number };
 }
+
+export interface PrekeysWire { signed_prekey: unknown; one_time_count: number }
+export interface ClaimedPrekeys { device_id: string; signed_prekey: unknown; one_time: unknown }
 
 /** Endpoints, each with the token of the session it needs. */
 export class Endpoints {
@@ -111,6 +114,17 @@ export class Endpoints {
   }
   statuses(token: string, messageIds: string[]) {
     return this.http.request<{ statuses: StatusWire[]; unknown: string[] }>("POST", "/dms/status", { token, json: { message_ids: messageIds } })
+      .then((r) => r.body);
+  }
+  getPrekeys(token: string) {
+    return this.http.request<PrekeysWire>("GET", "/devices/prekeys", { token }).then((r) => r.body);
+  }
+  putPrekeys(token: string, body: { signed_prekey?: WireSpk; one_time?: WireOtk[] }) {
+    return this.http.request<{ signed_prekey_id: number | null; one_time_count: number }>("PUT", "/devices/prekeys", { token, json: body })
+      .then((r) => r.body);
+  }
+  claimPrekeys(token: string, devices: string[]) {
+    return this.http.request<{ prekeys: ClaimedPrekeys[] }>("POST", "/dms/prekeys/claim", { token, json: { devices } })
       .then((r) => r.body);
   }
   gatewayTicket(token: string) {

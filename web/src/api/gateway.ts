@@ -4,7 +4,7 @@
 // (re)connect the client syncs.
 
 export type GatewayState = "Connected" | "Connecting" | "Offline";
-export type GatewayOp = "HELLO" | "DM_NOTIFY" | "DM_STATUS" | "CONVERSATION_UPDATE" | "DEVICE_ADD" | "DEVICE_REVOKE";
+export type GatewayOp = "HELLO" | "DM_NOTIFY" | "DM_STATUS" | "CONVERSATION_UPDATE" | "DEVICE_ADD" | "DEVICE_REVOKE" | "PREKEYS_LOW";
 
 export const CLOSE_BAD_CREDENTIALS = 4001;
 export const CLOSE_HEARTBEAT_TIMEOUT = 4002;

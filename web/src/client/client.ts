@@ -2,18 +2,20 @@
 // conversations with the §6 membership rules, send with the server's answers
 // handled, sync -> check -> store -> ACK, delivery status, gateway events.
 import {
-  ApiError, Endpoints, Gateway, Http, NetworkError, sleep, type ConversationWire, type DirectoryDevice, type SendAnswer,
-  type StatusWire,
+  ApiError, Endpoints, Gateway, Http, NetworkError, sleep, type ClaimedPrekeys, type ConversationWire, type DirectoryDevice,
+  type SendAnswer, type StatusWire,
 } from "../api";
 import {
-  KeyPair, ProtocolError, authSignedBytes, b58Key, b64e, certCheckClient, certIssue, isUuid, keyId, keyWrap,
-  phraseFromSeed, plaintextEncode, safetyNumber, seal, type KeyWrap, type WireCert,
+  KeyPair, ProtocolError, authSignedBytes, b58Key, b64e, certCheckClient, certIssue, isUuid, keyId, keyWrap, keyWrapV2,
+  otkParse, phraseFromSeed, plaintextEncode, safetyNumber, seal, spkParse, type AnyKeyWrap, type KeyWrap, type KeyWrapV2,
+  type WireCert,
 } from "../protocol";
 import { Store, withLock, type Write } from "../store";
 import {
-  FUTURE_SKEW_MS, REPLAY_WINDOW_MS, Rejected, checkCertificate, checkKeyId, checkMembership, checkSignature, checkTime,
-  decrypt, parse, unwrap, type EpochView, type Incoming,
+  DAY_MS, FUTURE_SKEW_MS, REPLAY_WINDOW_MS, Rejected, checkCertificate, checkDowngrade, checkKeyId, checkMembership,
+  checkSignature, checkTime, decrypt, oneTimeIdOf, parse, unwrap, unwrapV2, type EpochView, type Incoming,
 } from "./receive";
+import { ONE_TIME_LOW, Prekeys } from "./prekeys";
 import {
   ClientError, type ClientEvent, type ConnectionState, type Contact, type Conversation, type ConversationEvent,
   type DeliveryStatus, type DeviceDelivery, type DeviceInfo, type Failure, type Identity, type Message, type Retention,
@@ -27,7 +29,11 @@ const NETWORK_BACKOFF_MS = [500, 1000, 2000, 4000, 8000];
 const WRAP_PROBE_MS = 60_000;
 const SYNC_PAGE = 100;
 const CONVERSATION_PAGE = 100;
-const MAX_KEY_USES = 2 ** 32;
+// §6b "Sender keys age": a new K at least every 7 days and after 1,000 messages.
+const MAX_KEY_USES = 1000;
+const MAX_KEY_AGE_MS = 7 * DAY_MS;
+// How often a running client checks its prekeys (rotation, refill) besides start, HELLO and PREKEYS_LOW.
+const PREKEY_CHECK_MS = 3_600_000;
 const CERT_DEFAULT_NAME = "Linked device";
 
 export interface IdentityRecord {
@@ -58,7 +64,17 @@ interface SenderKeyRecord {
   keyId: string;
   used: number;
   probedAt: number;
+  /** Unix ms; absent in a store from before v1.2 (such a key is replaced at once). */
+  createdAt?: number;
 }
+/** Per recipient device of one sender key: known to hold it (a send without its wrap was
+ * accepted), and the wrap made for it, sent again until it does (a v2 wrap used a claimed
+ * one-time prekey: it is not claimed again). A store from before v1.2 holds booleans. */
+interface SentWrap {
+  holds: boolean;
+  wrap: AnyKeyWrap | null;
+}
+type SentWraps = Record<string, SentWrap>;
 interface ContactRecord {
   name: string;
   verified: boolean;
@@ -89,6 +105,8 @@ export class DmClient {
   private contactCache = new Map<string, ContactRecord>();
   private syncAgain = false;
   private syncing: Promise<{ accepted: number; failed: number }> | null = null;
+  private readonly prekeys: Prekeys;
+  private prekeyTimer: ReturnType<typeof setInterval> | null = null;
 
   /** Use Startup to make one. */
   constructor(
@@ -97,6 +115,7 @@ export class DmClient {
   ) {
     this.api = new Endpoints(new Http(record.serverUrl, (code, s) => this.warn(null, `The server asked to wait ${s} s (${code}).`)));
     this.device = new KeyPair(record.deviceSeed);
+    this.prekeys = new Prekeys(store, this.device);
   }
 
   async init(): Promise<void> {
@@ -204,7 +223,7 @@ export class DmClient {
     this.record = { ...this.record, revoked: `${text.replace(/\.$/, "")} on ${at}. It can no longer send or receive.` };
     this.gateway?.stop();
     const writes: Write[] = [{ table: "meta", id: "identity", value: this.record }, { table: "meta", id: "token", value: null }];
-    for (const table of ["senderKeys", "receivedKeys"] as const)
+    for (const table of ["senderKeys", "receivedKeys", "signedPrekeys", "oneTimePrekeys"] as const)
       for (const { id } of await this.store.list(table)) writes.push({ table, id, value: null });
     await this.store.write(writes);
     this.emit({ type: "revoked", text: this.record.revoked! });
@@ -245,17 +264,98 @@ export class DmClient {
     });
     this.gateway.start();
     if (typeof window !== "undefined") window.addEventListener("online", () => this.gateway?.reconnectNow());
+    this.prekeyTimer = setInterval(() => void this.maintainPrekeysQuietly(), PREKEY_CHECK_MS);
+    await this.maintainPrekeysQuietly();
   }
 
   async stop(): Promise<void> {
     this.gateway?.stop();
     this.gateway = null;
+    if (this.prekeyTimer !== null) clearInterval(this.prekeyTimer);
+    this.prekeyTimer = null;
+  }
+
+  // --- prekeys (§6b) -------------------------------------------------------------------------
+
+  /** Publishes a signed prekey if the server lacks this device's current one (registration,
+   * or a store from before v1.2), rotates it every 7 days, refills one-time prekeys under 20
+   * up to 100, and erases signed private keys whose window has passed. A server before v1.2
+   * (404) is left alone. */
+  async maintainPrekeys(): Promise<void> {
+    if (this.record.revoked) return;
+    await withLock(`decentcom-prekeys-${this.store.name}`, async () => {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await this.prekeyPass();
+          return;
+        } catch (exc) {
+          // Our id is not above the server's (a store older than what the server holds): rotate above it, once.
+          if (!(exc instanceof ApiError) || exc.code !== "stale_prekey" || attempt > 0) throw exc;
+        }
+      }
+    });
+    await this.prekeys.eraseExpiredSigned(now());
+  }
+
+  /** What the server holds of this device's prekeys, and when this device first published one. */
+  async prekeyInfo(): Promise<{ signedPrekeyId: number | null; oneTimeCount: number; firstPublishedAt: number | null }> {
+    let server;
+    try {
+      server = await this.call((t) => this.api.getPrekeys(t));
+    } catch (exc) {
+      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
+      server = { signed_prekey: null, one_time_count: 0 }; // a server before v1.2
+    }
+    const id = (server.signed_prekey as { id?: unknown } | null)?.id;
+    return {
+      signedPrekeyId: typeof id === "number" ? id : null, oneTimeCount: server.one_time_count,
+      firstPublishedAt: (await this.prekeys.meta()).firstPublishedAt,
+    };
+  }
+
+  private async maintainPrekeysQuietly(): Promise<void> {
+    try {
+      await this.maintainPrekeys();
+    } catch (exc) {
+      if (!(exc instanceof NetworkError)) this.warn(null, `This device's prekeys could not be published: ${(exc as Error).message}`);
+    }
+  }
+
+  private async prekeyPass(): Promise<void> {
+    let server;
+    try {
+      server = await this.call((t) => this.api.getPrekeys(t));
+    } catch (exc) {
+      if (exc instanceof ApiError && exc.status === 404 && exc.code !== "device_revoked") return; // a server before v1.2
+      throw exc;
+    }
+    const t = now();
+    const held = server.signed_prekey as { id?: unknown; x25519?: unknown } | null;
+    const serverId = typeof held?.id === "number" && Number.isSafeInteger(held.id) ? held.id : 0;
+    let current = await this.prekeys.current();
+    // A server holding a newer id, or another key under our id (a store restored from a copy), gets a new one above it.
+    if (current === null || this.prekeys.needsRotation(current, t) || serverId > current.id
+      || (serverId === current.id && held?.x25519 !== current.wire.x25519))
+      current = await this.prekeys.rotate(t, serverId);
+    const sendSpk = current.id !== serverId;
+    // Already there (an earlier PUT whose answer was lost): published, not sent again (that would be stale_prekey).
+    if (!sendSpk && !current.published) await this.prekeys.markPublished(current, [], t);
+    const count = typeof server.one_time_count === "number" ? server.one_time_count : 0;
+    const oneTime = count < ONE_TIME_LOW ? await this.prekeys.oneTimeToPublish(count) : [];
+    if (!sendSpk && !oneTime.length) return;
+    await this.call((tok) => this.api.putPrekeys(tok, {
+      ...(sendSpk ? { signed_prekey: current.wire } : {}), ...(oneTime.length ? { one_time: oneTime } : {}),
+    }));
+    await this.prekeys.markPublished(sendSpk ? current : null, oneTime.map((o) => o.id), now());
   }
 
   private async onFrame(op: string, d: Record<string, unknown>): Promise<void> {
     if (op === "HELLO") {
       await this.refreshConversations().catch(() => undefined);
       await this.sync();
+      await this.maintainPrekeysQuietly();
+    } else if (op === "PREKEYS_LOW") {
+      await this.maintainPrekeysQuietly();
     } else if (op === "DM_NOTIFY") {
       await this.sync();
     } else if (op === "DM_STATUS") {
@@ -548,9 +648,10 @@ export class DmClient {
   private async senderKey(cid: string, epoch: number): Promise<SenderKeyRecord> {
     const id = `${cid}/${epoch}`;
     const row = await this.store.get<SenderKeyRecord>("senderKeys", id);
-    if (row && row.used < MAX_KEY_USES) return row;
+    if (row && row.used < MAX_KEY_USES && row.createdAt !== undefined && now() - row.createdAt < MAX_KEY_AGE_MS) return row;
     const key = crypto.getRandomValues(new Uint8Array(32));
-    const fresh = { key, keyId: keyId(key), used: 0, probedAt: now() };
+    const fresh: SenderKeyRecord = { key, keyId: keyId(key), used: 0, probedAt: now(), createdAt: now() };
+    if (row) await this.store.delete("wrapsSent", `${cid}/${row.keyId}`);
     await this.store.put("senderKeys", id, fresh);
     return fresh;
   }
@@ -566,16 +667,96 @@ export class DmClient {
       conversationId: view.conversationId, epoch: view.epoch, groupKey: key });
   }
 
+  private async sentWraps(cid: string, kid: string): Promise<SentWraps> {
+    const raw = (await this.store.get<Record<string, boolean | SentWrap>>("wrapsSent", `${cid}/${kid}`)) ?? {};
+    const out: SentWraps = {};
+    for (const [d, v] of Object.entries(raw)) out[d] = typeof v === "boolean" ? { holds: v, wrap: null } : v;
+    return out;
+  }
+
   /** device_id -> wrap, or null where the device holds the key already (dmclient _plan_wraps:
-   * a device not known to hold it gets a wrap again, except in a probe at most once per
-   * WRAP_PROBE_MS per key, which lets `missing_key_wraps` name those still lacking it). */
-  private async planWraps(view: ConversationView, sk: SenderKeyRecord): Promise<{ wraps: Map<string, KeyWrap | null>; probing: boolean }> {
-    const known = (await this.store.get<Record<string, boolean>>("wrapsSent", `${view.conversationId}/${sk.keyId}`)) ?? {};
-    const probing = now() - sk.probedAt >= WRAP_PROBE_MS && Object.values(known).some((h) => !h);
-    const wraps = new Map<string, KeyWrap | null>();
-    for (const d of await this.recipientDevices(view))
-      wraps.set(d, known[d] || (probing && d in known) ? null : this.wrapFor(d, view, sk.key));
+   * a device not known to hold it gets its wrap again, except in a probe at most once per
+   * WRAP_PROBE_MS per key, which lets `missing_key_wraps` name those still lacking it).
+   * Prekeys are claimed only for devices that have no wrap of this key yet. */
+  private async planWraps(view: ConversationView, sk: SenderKeyRecord): Promise<{ wraps: Map<string, AnyKeyWrap | null>; probing: boolean }> {
+    const known = await this.sentWraps(view.conversationId, sk.keyId);
+    const probing = now() - sk.probedAt >= WRAP_PROBE_MS && Object.values(known).some((h) => !h.holds);
+    const wraps = new Map<string, AnyKeyWrap | null>();
+    const need: string[] = [];
+    for (const d of await this.recipientDevices(view)) {
+      if (known[d]?.holds || (probing && d in known)) wraps.set(d, null);
+      else need.push(d);
+    }
+    const made = await this.wrapsFor(view, sk, need);
+    for (const d of need) wraps.set(d, made.get(d) ?? null); // no wrap for a device the claim left out
     return { wraps, probing };
+  }
+
+  /** The stored wrap of this key for each device, or a new one (claiming prekeys) where there is none. */
+  private async wrapsFor(view: ConversationView, sk: SenderKeyRecord, devices: string[]): Promise<Map<string, AnyKeyWrap>> {
+    const known = await this.sentWraps(view.conversationId, sk.keyId);
+    const out = new Map<string, AnyKeyWrap>();
+    const missing: string[] = [];
+    for (const d of devices) {
+      const w = known[d]?.wrap;
+      if (w) out.set(d, w);
+      else missing.push(d);
+    }
+    for (const [d, w] of await this.newWraps(view, sk, missing)) out.set(d, w);
+    return out;
+  }
+
+  /** §6b "When v2 is used": claims prekeys for exactly these devices; v2 for every device
+   * with a signed prekey (verified against its certified device id), v1 only for a device
+   * without one (an older client). A signed or one-time prekey that does not verify is never
+   * replaced by a v1 wrap: the send is refused. The wraps made are stored before sending, so
+   * a re-send uses them and does not claim again. */
+  private async newWraps(view: ConversationView, sk: SenderKeyRecord, devices: string[]): Promise<Map<string, AnyKeyWrap>> {
+    const out = new Map<string, AnyKeyWrap>();
+    if (!devices.length) return out;
+    const claimed = new Map<string, ClaimedPrekeys>();
+    let noPrekeys = false;
+    try {
+      const answer = await this.call((t) => this.api.claimPrekeys(t, devices));
+      for (const p of answer.prekeys ?? []) if (p && devices.includes(p.device_id)) claimed.set(p.device_id, p);
+    } catch (exc) {
+      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
+      noPrekeys = true; // 404: a server before v1.2, where nobody has prekeys
+    }
+    const refused: { deviceId: string; detail: string }[] = [];
+    for (const d of devices) {
+      const c = noPrekeys ? { device_id: d, signed_prekey: null, one_time: null } : claimed.get(d);
+      if (c === undefined) continue; // left out: not an active device (the server answers mismatched_devices if it is)
+      if (c.signed_prekey === null || c.signed_prekey === undefined) {
+        out.set(d, this.wrapFor(d, view, sk.key)); // v1 only for a device without a signed prekey (an older client)
+        continue;
+      }
+      let wrap: KeyWrapV2;
+      try {
+        const signedPrekey = spkParse(c.signed_prekey, d);
+        const oneTime = c.one_time === null || c.one_time === undefined ? null : otkParse(c.one_time);
+        wrap = keyWrapV2({ senderSeed: this.device.seed, senderDevice: this.device.id, recipientDevice: d,
+          conversationId: view.conversationId, epoch: view.epoch, groupKey: sk.key, signedPrekey, oneTime });
+      } catch (exc) {
+        if (!(exc instanceof ProtocolError)) throw exc;
+        refused.push({ deviceId: d, detail: exc.detail });
+        continue;
+      }
+      out.set(d, wrap);
+    }
+    const id = `${view.conversationId}/${sk.keyId}`;
+    const known = await this.sentWraps(view.conversationId, sk.keyId);
+    for (const [d, w] of out) known[d] = { holds: known[d]?.holds ?? false, wrap: w };
+    await this.store.put("wrapsSent", id, known);
+    if (refused.length) {
+      const cid = view.conversationId;
+      const item = this.eventItem(cid, "untrusted_device",
+        `The server gave ${refused.length === 1 ? "a device" : `${refused.length} devices`} in this conversation a prekey that does not verify (${refused.map((r) => `${r.deviceId.slice(0, 8)}: ${r.detail}`).join("; ")}): nothing was sent, and it is never sent without forward secrecy instead.`);
+      await this.store.put("timeline", timelineId(cid, item.at, item.id), item);
+      this.emit({ type: "timeline", conversationId: cid, items: [item] });
+      throw new ClientError("invalid_prekey", `a recipient device's prekey does not verify; not sent`, { devices: refused.map((r) => r.deviceId) });
+    }
+    return out;
   }
 
   /** Encrypts and sends one text message, handling the server's answers: stale_epoch (refresh,
@@ -615,7 +796,7 @@ export class DmClient {
     const plaintext = plaintextEncode({ body: msg.body, sentAt: msg.sentAt, seq: msg.seq });
     let sealed: ReturnType<typeof seal> | null = null;
     let sk: SenderKeyRecord | null = null;
-    let plan: { wraps: Map<string, KeyWrap | null>; probing: boolean } | null = null;
+    let plan: { wraps: Map<string, AnyKeyWrap | null>; probing: boolean } | null = null;
     let networkFailures = 0;
     let lastMismatch: string | null = null;
     for (let attempt = 0; attempt < SEND_ATTEMPTS; attempt++) {
@@ -670,7 +851,8 @@ export class DmClient {
           await this.recipientDevices(view, true);
           plan = null;
         } else if (exc.code === "missing_key_wraps") {
-          for (const d of (exc.body.devices as string[] | undefined) ?? []) if (plan.wraps.has(d)) plan.wraps.set(d, this.wrapFor(d, view, sk.key));
+          const named = ((exc.body.devices as string[] | undefined) ?? []).filter((d) => plan!.wraps.has(d));
+          for (const [d, w] of await this.wrapsFor(view, sk, named)) plan.wraps.set(d, w);
         } else if (exc.code === "mailbox_full") {
           throw new ClientError("mailbox_full", "every recipient device's mailbox is full; not sent", { devices: exc.body.devices });
         } else throw exc;
@@ -682,7 +864,7 @@ export class DmClient {
   }
 
   private async storeSent(
-    view: ConvRecord, msg: Message, sk: SenderKeyRecord, plan: { wraps: Map<string, KeyWrap | null>; probing: boolean }, answer: SendAnswer,
+    view: ConvRecord, msg: Message, sk: SenderKeyRecord, plan: { wraps: Map<string, AnyKeyWrap | null>; probing: boolean }, answer: SendAnswer,
   ): Promise<Message> {
     const cid = view.conversationId;
     const directoryUsers = new Map<string, string>();
@@ -698,9 +880,12 @@ export class DmClient {
     if (sent.unreachable!.length) warnings.push(`Not delivered to ${this.names(sent.unreachable!)}: no active device.`);
     if (skipped.length) warnings.push(`Not delivered to ${skipped.length} device(s): their mailbox is full.`);
     sent.warnings = warnings;
-    const known = (await this.store.get<Record<string, boolean>>("wrapsSent", `${cid}/${sk.keyId}`)) ?? {};
-    // Accepted without a wrap: the server holds a receipt, so that device holds the key.
-    for (const [d, w] of plan.wraps) known[d] = known[d] || w === null;
+    const known = await this.sentWraps(cid, sk.keyId);
+    // Accepted without a wrap: the server holds a receipt, so that device holds the key (and its wrap is not needed again).
+    for (const [d, w] of plan.wraps) {
+      const holds = (known[d]?.holds ?? false) || w === null;
+      known[d] = { holds, wrap: holds ? null : (known[d]?.wrap ?? w) };
+    }
     const tid = timelineId(cid, msg.sentAt, msg.messageId);
     const row = (await this.local(cid)) ?? view;
     await this.store.write([
@@ -782,13 +967,18 @@ export class DmClient {
         const page = await this.call((t) => this.api.sync(t, { limit: SYNC_PAGE, ...(after ? { after } : {}) }));
         const ok: string[] = [];
         const failed: string[] = [];
+        const usedOneTime: number[] = [];
         for (const msg of page.messages) {
           const { accepted, ackable, ownMessage } = await this.receive(msg);
           if (ackable) (accepted ? ok : failed).push(ackable);
+          const oneTimeId = oneTimeIdOf(msg);
+          if (ackable && oneTimeId !== null) usedOneTime.push(oneTimeId);
           if (ownMessage) mine.push(ownMessage);
           report[accepted ? "accepted" : "failed"]++;
         }
         if (ok.length || failed.length) await this.call((t) => this.api.ack(t, { message_ids: ok, failed }));
+        // §6b: a one-time private key goes at the ACK of the delivery that used it (received or failed).
+        if (usedOneTime.length) await this.prekeys.eraseOneTime(usedOneTime);
         if (page.has_more) after = page.cursor;
         else if (after === undefined || !(ok.length || failed.length)) break;
         else after = undefined;
@@ -813,6 +1003,7 @@ export class DmClient {
       const key = await this.messageKey(m);
       const plaintext = decrypt(key, m);
       checkTime(plaintext, nowMs);
+      if (m.wrapVersion === 1) checkDowngrade(m, await this.prekeys.refusesV1(plaintext.sent_at));
       await this.storeReceived(m, deviceName, key, plaintext, warnings);
       return { accepted: true, ackable, ownMessage: m.sender === this.userId ? m.messageId : null };
     } catch (exc) {
@@ -853,9 +1044,29 @@ export class DmClient {
     }
   }
 
-  /** `missing_key` when there is no wrap and no stored key for this key_id. */
+  /** A key already held for key_id is used (a wrap sent again after its one-time key was used);
+   * else a v1 wrap opens with the static keys, a v2 wrap with this device's prekeys by id;
+   * `missing_key` when there is no wrap and no stored key for this key_id. */
   private async messageKey(m: Incoming): Promise<Uint8Array> {
-    if (m.keyWrap !== null) return unwrap(this.device, m);
+    const held = await this.heldKey(m);
+    if (m.keyWrap !== null) {
+      if (held && m.senderDevice !== this.device.id) {
+        checkKeyId(held, m);
+        return held;
+      }
+      if (m.wrapVersion === 1) return unwrap(this.device, m);
+      const w = m.keyWrap as KeyWrapV2;
+      return unwrapV2(this.device, m, {
+        signed: await this.prekeys.signedPrivate(w.signed_prekey_id),
+        oneTime: w.one_time_id === null ? null : await this.prekeys.oneTimePrivate(w.one_time_id),
+      });
+    }
+    if (!held) throw new Rejected("missing_key", "no key wrap and no stored key for this key_id");
+    checkKeyId(held, m);
+    return held;
+  }
+
+  private async heldKey(m: Incoming): Promise<Uint8Array | undefined> {
     let key: Uint8Array | undefined;
     if (m.senderDevice === this.device.id) {
       const sk = await this.store.get<SenderKeyRecord>("senderKeys", `${m.conversationId}/${m.epoch}`);
@@ -863,8 +1074,6 @@ export class DmClient {
     } else {
       key = await this.store.get<Uint8Array>("receivedKeys", `${m.conversationId}/${m.senderDevice}/${m.epoch}/${m.keyId}`);
     }
-    if (!key) throw new Rejected("missing_key", "no key wrap and no stored key for this key_id");
-    checkKeyId(key, m);
     return key;
   }
 
@@ -914,7 +1123,7 @@ export class DmClient {
     if (rejected.reason === "bad_certificate" && sender && this.contactCache.get(sender)?.verified)
       await this.untrustedDevice(sender, String(m.sender_device), rejected.detail);
     if (cid) this.emit({ type: "timeline", conversationId: cid, items: [failure] });
-    this.warn(cid, `A message${sender ? ` claiming to be from ${this.displayName(sender)}` : ""} was refused (${rejected.reason}): ${rejected.detail}.`);
+    this.warn(cid, `A message${sender ? ` claiming to be from ${this.displayName(sender)}` : ""} was refused (${rejected.reason}): ${rejected.detail.replace(/\.$/, "")}.`);
   }
 
   /** Keep no message longer than the server would: bodies go at expiresAt; an id stays for the
@@ -927,6 +1136,7 @@ export class DmClient {
     for (const { id, value } of await this.store.list<{ storedAt: number }>("seen"))
       if (value.storedAt + REPLAY_WINDOW_MS + FUTURE_SKEW_MS < t) writes.push({ table: "seen", id, value: null });
     await this.store.write(writes);
+    await this.prekeys.eraseExpiredSigned(t);
   }
 
   // --- devices (§2, §4) ------------------------------------------------------------------------

@@ -63,6 +63,10 @@ describe.skipIf(!url)("live server", () => {
     await alice.revokeDevice(linked.identity.deviceId);
     await expect(linked.sync()).rejects.toMatchObject({ code: "device_revoked" });
     expect(linked.revoked).toMatch(/revoked/);
+    // and its prekey private keys are gone with its message keys (§6b)
+    const linkedStore = (linked as unknown as { store: { list(t: string): Promise<unknown[]> } }).store;
+    expect(await linkedStore.list("signedPrekeys")).toEqual([]);
+    expect(await linkedStore.list("oneTimePrekeys")).toEqual([]);
 
     // a group of three, membership shown
     const carol = (await (await boot()).createIdentity({ deviceName: "Carol" })).client;

@@ -3,7 +3,8 @@
 // read side by side. Each throws Rejected(reason, detail).
 import {
   KeyPair, NONCE_LEN, ProtocolError, SIGNATURE_LEN, WRAPPED_KEY_LEN, H, aeadDecrypt, b58Key, b64d, certCheckClient,
-  dmAad, dmSignedBytes, fromUtf8, isUuid, keyId, keyUnwrap, unpad, verify, type KeyWrap, type Plaintext,
+  KEY_LEN, dmAad, dmSignedBytes, fromUtf8, isUuid, keyId, keyUnwrap, keyUnwrapV2, prekeyIdOk, unpad, verify, wrapVersion,
+  type AnyKeyWrap, type KeyWrap, type KeyWrapV2, type Plaintext,
 } from "../protocol";
 
 export const DAY_MS = 86_400_000;
@@ -38,7 +39,9 @@ export interface Incoming {
   nonce: string;
   ciphertext: Uint8Array;
   signature: Uint8Array;
-  keyWrap: KeyWrap | null;
+  keyWrap: AnyKeyWrap | null;
+  /** 1 or 2 by the wrap's shape (§7 check 3), null without a wrap. */
+  wrapVersion: 1 | 2 | null;
   createdAt: string | null;
   expiresAt: string | null;
   policy: string;
@@ -71,10 +74,21 @@ export function parse(msg: unknown): Incoming {
     const ciphertext = b64d(m.ciphertext, { what: "ciphertext" });
     const signature = b64d(m.signature, { length: SIGNATURE_LEN, what: "signature" });
     const wrap = m.key_wrap;
+    let version: 1 | 2 | null = null;
     if (wrap !== null && wrap !== undefined) {
       const w = wrap as Record<string, unknown>;
-      if (typeof wrap !== "object" || Array.isArray(wrap) || Object.keys(w).sort().join() !== "nonce,wrapped_key")
-        throw new ProtocolError("key_wrap must be null or {nonce, wrapped_key}");
+      try {
+        version = wrapVersion(wrap);
+      } catch {
+        throw new ProtocolError("key_wrap must be null, a v1 wrap {nonce, wrapped_key} or a v2 wrap");
+      }
+      if (version === 2) {
+        if (Object.keys(w).sort().join() !== "ephemeral,nonce,one_time_id,signed_prekey_id,v,wrapped_key")
+          throw new ProtocolError("a v2 key_wrap has exactly v, signed_prekey_id, one_time_id, ephemeral, nonce, wrapped_key");
+        if (!prekeyIdOk(w.signed_prekey_id) || !(w.one_time_id === null || prekeyIdOk(w.one_time_id)))
+          throw new ProtocolError("a v2 key_wrap's ids must be positive integers");
+        b64d(w.ephemeral, { length: KEY_LEN, what: "ephemeral" });
+      }
       b64d(w.nonce, { length: NONCE_LEN, what: "wrap nonce" });
       b64d(w.wrapped_key, { length: WRAPPED_KEY_LEN, what: "wrapped_key" });
     }
@@ -83,7 +97,7 @@ export function parse(msg: unknown): Incoming {
       messageId: m.message_id, conversationId: m.conversation_id, sender: m.sender as string,
       senderDevice: m.sender_device as string, senderCertificate: m.sender_certificate, epoch: m.epoch,
       keyId: m.key_id as string, participantsSha256: m.participants_sha256 as string, nonce: m.nonce as string,
-      ciphertext, signature, keyWrap: (wrap ?? null) as KeyWrap | null,
+      ciphertext, signature, keyWrap: (wrap ?? null) as AnyKeyWrap | null, wrapVersion: version,
       createdAt: typeof m.created_at === "string" ? m.created_at : null,
       expiresAt: typeof m.expires_at === "string" ? m.expires_at : null, policy: m.policy,
     };
@@ -106,14 +120,48 @@ export function checkSignature(m: Incoming): void {
     throw new Rejected("bad_signature", "the signature does not verify with the sender device's key");
 }
 
-/** `bad_key_wrap`, then `bad_key_id`. */
+/** `bad_key_wrap`, then `bad_key_id`: a v1 wrap (static keys). */
 export function unwrap(device: KeyPair, m: Incoming): Uint8Array {
   const key = asRejected("bad_key_wrap", () => keyUnwrap({
     recipientSeed: device.seed, recipientDevice: device.id, senderDevice: m.senderDevice,
-    conversationId: m.conversationId, epoch: m.epoch, wrap: m.keyWrap!,
+    conversationId: m.conversationId, epoch: m.epoch, wrap: m.keyWrap as KeyWrap,
   }));
   checkKeyId(key, m);
   return key;
+}
+
+/** The one-time prekey id a v2 wrap of `msg` names, if any (also for a message refused later:
+ * its one-time private key is erased at the ACK either way). */
+export function oneTimeIdOf(msg: unknown): number | null {
+  const wrap = (msg as { key_wrap?: unknown } | null)?.key_wrap as Record<string, unknown> | null | undefined;
+  return wrap && typeof wrap === "object" && wrap.v === 2 && prekeyIdOk(wrap.one_time_id) ? wrap.one_time_id : null;
+}
+
+/** `unknown_prekey`, `bad_key_wrap`, then `bad_key_id`: a v2 wrap (§6b), with this device's prekey private keys
+ * by the wrap's ids (null where this device does not hold it, or no longer). */
+export function unwrapV2(
+  device: KeyPair, m: Incoming, privates: { signed: Uint8Array | null; oneTime: Uint8Array | null },
+): Uint8Array {
+  const wrap = m.keyWrap as KeyWrapV2;
+  if (privates.signed === null)
+    throw new Rejected("unknown_prekey", `the key wrap names signed prekey ${wrap.signed_prekey_id}, which this device does not hold (never made, or erased long after it was replaced)`);
+  if (wrap.one_time_id !== null && privates.oneTime === null)
+    throw new Rejected("unknown_prekey", `the key wrap names one-time prekey ${wrap.one_time_id}, which this device does not hold (never made, or erased once used)`);
+  const key = asRejected("bad_key_wrap", () => keyUnwrapV2({
+    signedPrekeyPriv: privates.signed!, oneTimePriv: wrap.one_time_id === null ? null : privates.oneTime,
+    recipientDevice: device.id, senderDevice: m.senderDevice, conversationId: m.conversationId, epoch: m.epoch, wrap,
+  }));
+  checkKeyId(key, m);
+  return key;
+}
+
+/** What a person sees for a refused v1 wrap (§6b). */
+export const DOWNGRADE_TEXT =
+  "This message was encrypted without forward secrecy although this device offers it; the server may have withheld this device's prekeys.";
+
+/** `downgraded_key_wrap`: a v1 wrap in a message sent when this device's prekeys had long been published. */
+export function checkDowngrade(m: Incoming, refused: boolean): void {
+  if (m.wrapVersion === 1 && refused) throw new Rejected("downgraded_key_wrap", DOWNGRADE_TEXT);
 }
 
 /** `bad_key_id`. */

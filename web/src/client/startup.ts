@@ -115,7 +115,10 @@ export class Startup {
     ]);
     this.identityKnown = true;
     this.linkKnown = false;
-    return this.client(identity);
+    const client = await this.client(identity);
+    // §6b: a signed prekey and 100 one-time prekeys at registration (start() tries again if this fails).
+    await client.maintainPrekeys().catch(() => undefined);
+    return client;
   }
 
   private static certify(master: KeyPair, device: KeyPair, name: string): WireCert {

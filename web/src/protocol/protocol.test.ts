@@ -7,6 +7,8 @@ import {
   dmSignedBytes, ed25519KeyUsable, hex, keyId, keyUnwrap, keyWrap, keyWrapInfo, nameProblem, origin, pad,
   participantsSha256, phraseFromSeed, safetyNumber, seal, seedFromPhrase, unpad, utf8, verify, authSignedBytes,
   x25519Private, x25519Public, x25519Shared, hkdf32, aeadDecrypt, MAX_UNIX_SECONDS, fromUtf8,
+  spkSignedBytes, spkIssue, spkParse, otkParse, keyWrapV2, keyWrapV2Info, keyUnwrapV2, wrapVersion, x25519PublicOf,
+  MAX_PREKEY_ID, ProtocolError, concat,
 } from "./index";
 
 const v = vectors as any; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -156,6 +158,123 @@ describe("conversations and messages", () => {
   });
 });
 
+const codeOf = (f: () => unknown): string | undefined => {
+  try {
+    f();
+  } catch (exc) {
+    return exc instanceof ProtocolError ? exc.code : `not a ProtocolError: ${String(exc)}`;
+  }
+  return undefined;
+};
+
+describe("§6b prekeys and key wrap v2", () => {
+  const s = v.signed_prekey;
+  it("signed_prekey: bytes, issue, parse", () => {
+    expect(hex.encode(spkSignedBytes(s.spk))).toBe(s.signed_bytes_hex);
+    expect(b64e(x25519PublicOf(hex.decode(s.x25519_priv_hex)))).toBe(s.spk.x25519);
+    // The vector's device is bob_laptop.
+    const device = new KeyPair(seedOf("bob_laptop"));
+    expect(device.id).toBe(s.device);
+    const issued = spkIssue({ device, id: s.spk.id, x25519Pub: b64d(s.spk.x25519), createdAt: s.spk.created_at });
+    expect(issued).toEqual(s.wire);
+    const parsed = spkParse(s.wire, s.device);
+    expect(parsed.id).toBe(7);
+    expect(parsed.createdAt).toBe(s.spk.created_at);
+    expect(b64e(parsed.x25519)).toBe(s.spk.x25519);
+    expect(parsed.wire).toEqual(s.wire);
+  });
+  it("signed_prekey: the checks of spk_parse, each with code invalid_prekey", () => {
+    const device = new KeyPair(seedOf("bob_laptop"));
+    const pub = b64d(s.spk.x25519);
+    const mk = (id: number, createdAt = s.spk.created_at) => spkIssue({ device, id, x25519Pub: pub, createdAt });
+    expect(codeOf(() => spkParse(s.wire, v.keys.alice_phone.id_b58))).toBe("invalid_prekey"); // another device
+    expect(codeOf(() => spkParse(null, s.device))).toBe("invalid_prekey");
+    expect(codeOf(() => spkParse([s.wire], s.device))).toBe("invalid_prekey");
+    const { signature: _sig, ...unsigned } = s.wire; // eslint-disable-line @typescript-eslint/no-unused-vars
+    expect(codeOf(() => spkParse(unsigned, s.device))).toBe("invalid_prekey");
+    expect(() => spkParse(mk(MAX_PREKEY_ID), s.device)).not.toThrow();
+    expect(codeOf(() => spkParse({ ...mk(1), id: MAX_PREKEY_ID + 1 }, s.device))).toBe("invalid_prekey");
+    expect(codeOf(() => spkParse({ ...mk(1), id: 1.5 }, s.device))).toBe("invalid_prekey");
+    expect(codeOf(() => spkParse({ ...mk(1), id: "1" }, s.device))).toBe("invalid_prekey");
+    expect(codeOf(() => spkParse({ ...mk(1), v: 2 }, s.device))).toBe("invalid_prekey");
+    expect(codeOf(() => spkParse({ ...mk(1), v: true }, s.device))).toBe("invalid_prekey");
+    expect(codeOf(() => spkParse(mk(1, -1), s.device))).toBe("invalid_prekey");
+    expect(codeOf(() => spkParse(mk(1, MAX_UNIX_SECONDS + 1), s.device))).toBe("invalid_prekey");
+    const short = spkIssue({ device, id: 1, x25519Pub: pub.slice(0, 31), createdAt: 0 });
+    expect(codeOf(() => spkParse(short, s.device))).toBe("invalid_prekey");
+    expect(codeOf(() => spkParse({ ...s.wire, created_at: s.spk.created_at + 1 }, s.device))).toBe("invalid_prekey");
+  });
+  it("one_time_prekey", () => {
+    const o = v.one_time_prekey;
+    expect(b64e(x25519PublicOf(hex.decode(o.x25519_priv_hex)))).toBe(o.public.x25519);
+    const [id, pub] = otkParse(o.public);
+    expect(id).toBe(42);
+    expect(b64e(pub)).toBe(o.public.x25519);
+    for (const bad of [null, [], { id: 42 }, { ...o.public, extra: 1 }, { ...o.public, id: 0 }, { ...o.public, id: -3 },
+      { ...o.public, id: MAX_PREKEY_ID + 1 }, { ...o.public, x25519: "AAAA" }, { ...o.public, x25519: 5 }])
+      expect(codeOf(() => otkParse(bad))).toBe("invalid_prekey");
+  });
+  for (const name of ["key_wrap_v2", "key_wrap_v2_no_one_time"]) {
+    it(name, () => {
+      const w = v[name];
+      const spk = spkParse(s.wire, w.recipient_device);
+      expect(spk.id).toBe(w.signed_prekey_id);
+      const oneTime: [number, Uint8Array] | null = w.one_time_id === null ? null : otkParse(v.one_time_prekey.public);
+      const ePriv = hex.decode(w.ephemeral_priv_hex);
+      expect(b64e(x25519PublicOf(ePriv))).toBe(w.ephemeral_pub_b64);
+      expect(hex.encode(x25519Shared(ePriv, spk.x25519))).toBe(w.dh_signed_prekey_hex);
+      // sender alice_phone, recipient bob_laptop
+      expect(new KeyPair(seedOf("alice_phone")).id).toBe(w.sender_device);
+      expect(hex.encode(x25519Shared(x25519Private(seedOf("alice_phone")), spk.x25519))).toBe(w.dh_static_hex);
+      const dhOne = oneTime ? hex.encode(x25519Shared(ePriv, oneTime[1])) : null;
+      expect(dhOne).toBe(w.dh_one_time_hex);
+      const ikm = concat(hex.decode(w.dh_signed_prekey_hex), hex.decode(w.dh_static_hex),
+        w.dh_one_time_hex ? hex.decode(w.dh_one_time_hex) : new Uint8Array(0));
+      expect(hex.encode(ikm)).toBe(w.ikm_hex);
+      const info = keyWrapV2Info({
+        conversationId: w.conversation_id, epoch: w.epoch, ephemeral: w.ephemeral_pub_b64, oneTimeId: w.one_time_id,
+        recipientDevice: w.recipient_device, senderDevice: w.sender_device, signedPrekeyId: w.signed_prekey_id,
+      });
+      expect(hex.encode(info)).toBe(w.info_hex);
+      expect(hex.encode(hkdf32(ikm, info))).toBe(w.kek_hex);
+      const groupKey = hex.decode(w.group_key_hex);
+      const ctx = { conversationId: w.conversation_id, epoch: w.epoch, recipientDevice: w.recipient_device,
+        senderDevice: w.sender_device };
+      const wrap = keyWrapV2({ ...ctx, senderSeed: seedOf("alice_phone"), groupKey, signedPrekey: spk, oneTime,
+        ephemeralPriv: ePriv, nonce: b64d(w.wrap.nonce) });
+      expect(wrap).toEqual(w.wrap);
+      expect(hex.encode(ePriv)).toBe(w.ephemeral_priv_hex); // the caller's array is not consumed
+      expect(wrapVersion(w.wrap)).toBe(2);
+      const spkPriv = hex.decode(s.x25519_priv_hex);
+      const otkPriv = w.one_time_id === null ? null : hex.decode(v.one_time_prekey.x25519_priv_hex);
+      const open = (over: Partial<Parameters<typeof keyUnwrapV2>[0]>) => keyUnwrapV2({
+        ...ctx, signedPrekeyPriv: spkPriv, oneTimePriv: otkPriv, wrap: w.wrap, ...over });
+      expect(open({})).toEqual(groupKey);
+      expect(codeOf(() => open({ epoch: 4 }))).toBe("bad_key_wrap");
+      expect(codeOf(() => open({ senderDevice: v.keys.bob_master.id_b58 }))).toBe("bad_key_wrap");
+      expect(codeOf(() => open({ oneTimePriv: otkPriv ? null : hex.decode(v.one_time_prekey.x25519_priv_hex) })))
+        .toBe("bad_key_wrap");
+      expect(codeOf(() => open({ wrap: { ...w.wrap, extra: 1 } }))).toBe("bad_key_wrap");
+      expect(codeOf(() => open({ wrap: { ...w.wrap, signed_prekey_id: 0 } }))).toBe("bad_key_wrap");
+      expect(codeOf(() => open({ wrap: { ...w.wrap, signed_prekey_id: 8 } }))).toBe("bad_key_wrap");
+      expect(codeOf(() => open({ signedPrekeyPriv: hex.decode(v.one_time_prekey.x25519_priv_hex) }))).toBe("bad_key_wrap");
+      // a fresh wrap (random ephemeral and nonce) opens too, and is different
+      const fresh = keyWrapV2({ ...ctx, senderSeed: seedOf("alice_phone"), groupKey, signedPrekey: spk, oneTime });
+      expect(fresh.ephemeral).not.toBe(w.wrap.ephemeral);
+      expect(open({ wrap: fresh })).toEqual(groupKey);
+      expect(codeOf(() => keyWrapV2({ ...ctx, recipientDevice: w.sender_device, senderSeed: seedOf("alice_phone"),
+        groupKey, signedPrekey: spk, oneTime }))).toBe("invalid_prekey");
+    });
+  }
+  it("wrap version by shape", () => {
+    expect(wrapVersion(v.key_wrap.wrap)).toBe(1);
+    expect(wrapVersion(v.key_wrap_v2.wrap)).toBe(2);
+    for (const bad of [null, [], {}, { nonce: "x" }, { ...v.key_wrap.wrap, v: 1 }, { ...v.key_wrap.wrap, extra: 1 },
+      { ...v.key_wrap_v2.wrap, v: "2" }, "wrap"])
+      expect(codeOf(() => wrapVersion(bad))).toBe("bad_key_wrap");
+  });
+});
+
 describe("cjson", () => {
   it("sorts keys by code point, no whitespace, unicode as is", () => {
     expect(fromUtf8(cjson({ b: 1, a: [true, null, "é"], "\u{10000}": 0, "\uffff": 1 })))
@@ -195,14 +314,20 @@ describe("reject", () => {
   for (const r of v.reject.x25519_public)
     it(`x25519_public: ${r.why}`, () =>
       expect(() => x25519Shared(x25519Private(seedOf("alice_phone")), hex.decode(r.in_hex))).toThrow(/all zero/));
-  // v1.2 (forward secrecy, §6b) is a later issue: reject.signed_prekey, signed_prekey,
-  // one_time_prekey, key_wrap_v2 and key_wrap_v2_no_one_time are deliberately not implemented here.
-  it.skip("v1.2: signed_prekey, one_time_prekey, key_wrap_v2*, reject.signed_prekey (§6b, a later issue)", () => {});
+  for (const r of v.reject.signed_prekey)
+    it(`signed_prekey: ${r.why}`, () => {
+      expect(() => spkParse(r.wire, r.wire.device)).toThrow(ProtocolError);
+      try {
+        spkParse(r.wire, r.wire.device);
+      } catch (exc) {
+        expect((exc as ProtocolError).code).toBe("invalid_prekey");
+      }
+    });
   it("every vectors.json section is covered or skipped on purpose", () => {
     const covered = ["about", "keys", "device_cert", "device_cert_no_expiry", "auth", "participants", "key_wrap",
-      "message", "padding", "safety_number", "reject"];
-    const v12 = ["signed_prekey", "one_time_prekey", "key_wrap_v2", "key_wrap_v2_no_one_time"];
-    expect(Object.keys(v).sort()).toEqual([...covered, ...v12].sort());
+      "message", "padding", "safety_number", "reject", "signed_prekey", "one_time_prekey", "key_wrap_v2",
+      "key_wrap_v2_no_one_time"];
+    expect(Object.keys(v).sort()).toEqual([...covered].sort());
     expect(Object.keys(v.reject).sort()).toEqual(["base58_key", "base64", "certificate", "padding", "signed_prekey", "x25519_public"]);
   });
 });

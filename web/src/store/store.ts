@@ -6,7 +6,8 @@
 // Record ids (conversation and message ids, user ids) are plain so ranges can
 // be read; everything else is ciphertext bound to its table and id.
 
-const DB_VERSION = 1;
+// 2 (v1.2): the prekey tables; an upgrade adds the missing object stores and keeps the rest.
+const DB_VERSION = 2;
 export const TABLES = [
   "meta", // identity: seeds, certificate, server, token
   "conversations",
@@ -19,7 +20,9 @@ export const TABLES = [
   "directory", // user id -> their devices with certificates
   "senderKeys", // `${cid}/${epoch}`
   "receivedKeys", // `${cid}/${senderDevice}/${epoch}/${keyId}`
-  "wrapsSent", // `${cid}/${keyId}` -> device id -> holds key
+  "wrapsSent", // `${cid}/${keyId}` -> device id -> holds key (and the wrap to send again until it does)
+  "signedPrekeys", // padded id -> this device's signed prekey: private key, created, replaced (§6b)
+  "oneTimePrekeys", // padded id -> this device's one-time prekey: private key (§6b)
 ] as const;
 export type Table = (typeof TABLES)[number];
 

@@ -36,11 +36,31 @@ export function DevicesPage() {
             ? "This browser holds your identity's master key: it can certify new devices and show your recovery phrase."
             : "This browser is a linked device: certify new devices from the device that holds your master key."}
         </p>
+        <ForwardSecrecy />
         {identity.holdsMaster && <RecoveryPhrase />}
         <PassphraseSettings />
       </section>
     </div>
   );
+}
+
+/** §6b as a person reads it: whether this browser's prekeys are on the server, and how many one-time ones. */
+function ForwardSecrecy() {
+  const store = useStore();
+  const [text, setText] = useState<string | null>(null);
+  useEffect(() => {
+    let live = true;
+    store.client.prekeyInfo().then(
+      (i) => live && setText(i.signedPrekeyId === null
+        ? "Not on yet: this browser's prekeys are not on the server (it may be older than protocol 1.2), so messages to it are encrypted without forward secrecy."
+        : `On since ${dateText(i.firstPublishedAt)}: messages to this browser are encrypted with keys it erases once used (signed prekey ${i.signedPrekeyId}, ${i.oneTimeCount} one-time prekeys on the server).`),
+      (e: unknown) => live && setText(`Unknown: ${errorText(e)}`),
+    );
+    return () => {
+      live = false;
+    };
+  }, [store]);
+  return <p className="hint" aria-live="polite"><strong>Forward secrecy:</strong> {text ?? "checking…"}</p>;
 }
 
 function stateWords(d: DeviceInfo): string {

@@ -87,7 +87,6 @@ endif
 # big database are bench-scale's); BENCH_ARGS="--json out.json" also writes the figures.
 bench: setup
 	$(BIN)/python -m bench.mailbox $(BENCH_ARGS)
-	$(BIN)/python -m bench.prekeys $(BENCH_PREKEYS_ARGS)
 
 # Issue 13's server size: the hot paths on an empty and a filled database (a few minutes,
 # about 1 GB of disk while it runs), then 10,000 idle gateway connections on one daphne.

@@ -768,7 +768,8 @@ export class DmClient {
     if (!view.member) throw new ClientError("not_a_participant", "you are not in this conversation");
     const seq = view.nextSeq;
     await this.store.put("conversations", conversationId, { ...view, nextSeq: seq + 1 });
-    const messageId = randomId();
+    if (options.messageId !== undefined && !isUuid(options.messageId)) throw new ClientError("invalid_message_id", "a message id is a UUID");
+    const messageId = options.messageId ?? randomId();
     const sentAt = now();
     const pending: Message = {
       kind: "message", messageId, conversationId, sender: this.userId, senderDevice: this.device.id,

@@ -161,6 +161,8 @@ export type ClientEvent =
 export interface SendOptions {
   /** Asked when the conversation's retention changed under the sender; true sends under it. */
   confirmRetention?: (next: Retention, previous: Retention) => Promise<boolean>;
+  /** The message's id (a v4 UUID), when the caller shows it before the send ends; else a new one. */
+  messageId?: string;
 }
 
 export class ClientError extends Error {

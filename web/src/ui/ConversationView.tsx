@@ -78,7 +78,9 @@ export function ConversationView(props: { conversationId: string }) {
 
 function Timeline(props: { conversation: Conversation; items: TimelineItem[] | undefined }) {
   const { items, conversation } = props;
-  const pending = useSnapshot().outgoing[conversation.conversationId] ?? [];
+  const outgoing = useSnapshot().outgoing[conversation.conversationId] ?? [];
+  const shown = new Set(items?.map((item) => (item.kind === "message" ? item.messageId : null)));
+  const pending = outgoing.filter((o) => !shown.has(o.messageId));
   const end = useRef<HTMLDivElement>(null);
   const length = (items?.length ?? 0) + pending.length;
   useEffect(() => {
@@ -203,13 +205,13 @@ function MessageComposer(props: { conversation: Conversation }) {
   const send = () => {
     const body = text;
     if (!body.trim()) return;
-    const key = store.addOutgoing(id, body);
+    const outgoing = store.addOutgoing(id, body);
     setText("");
     setError(null);
     const confirmRetention = (next: Retention, previous: Retention) =>
       new Promise<boolean>((resolve) => setAsking({ next, previous, answer: resolve }));
     store.client
-      .send(id, body, { confirmRetention })
+      .send(id, body, { confirmRetention, messageId: outgoing.messageId })
       .then(
         () => store.loadTimeline(id),
         (e: unknown) => {
@@ -217,7 +219,7 @@ function MessageComposer(props: { conversation: Conversation }) {
           setError(errorText(e));
         },
       )
-      .finally(() => store.removeOutgoing(id, key));
+      .finally(() => store.removeOutgoing(id, outgoing.key));
   };
   const answer = (ok: boolean) => {
     asking?.answer(ok);

@@ -28,6 +28,8 @@ export interface Snapshot {
 export interface Outgoing {
   key: number;
   body: string;
+  /** Hidden once the timeline holds this message: the two updates land apart. */
+  messageId: string;
 }
 
 export class AppStore {
@@ -132,11 +134,11 @@ export class AppStore {
     this.set({ timelines: { ...this.snapshot.timelines, [conversationId]: items } });
   }
 
-  addOutgoing(conversationId: string, body: string): number {
-    const key = this.nextKey++;
+  addOutgoing(conversationId: string, body: string): Outgoing {
+    const outgoing = { key: this.nextKey++, body, messageId: crypto.randomUUID() };
     const list = this.snapshot.outgoing[conversationId] ?? [];
-    this.set({ outgoing: { ...this.snapshot.outgoing, [conversationId]: [...list, { key, body }] } });
-    return key;
+    this.set({ outgoing: { ...this.snapshot.outgoing, [conversationId]: [...list, outgoing] } });
+    return outgoing;
   }
 
   removeOutgoing(conversationId: string, key: number): void {

@@ -167,3 +167,45 @@ def test_a_prekey_that_does_not_verify_is_refused_never_replaced_by_v1(open_brow
     assert tampered == [heidi.device_id]
     assert wraps_to(server, heidi.device_id) == []  # no v1 wrap either: nothing reached the server
     screenshot(alice, "forward-secrecy-invalid-prekey-refused")
+
+
+def test_a_signed_prekey_taken_back_is_refused_never_replaced_by_v1(open_browser, server, tmp_path):
+    """After a v2 wrap to a device, a claim answer saying that device has no signed prekey
+    (rewritten on its way to the browser, as a lying server would) is refused: a device never
+    takes its signed prekey back, so no v1 wrap is made in its place and nothing is sent."""
+    import json as jsonlib
+
+    alice = create_identity(open_browser(), "Alice's laptop")
+    heidi = cli_user(server, tmp_path, "heidi-cli")
+    ivan = cli_user(server, tmp_path, "ivan-cli")
+    connected(alice)
+    start_conversation(alice, [heidi.user_id])
+    send(alice, "With forward secrecy")
+    expect(message(alice, "With forward secrecy")).to_be_visible()
+    cli_reads(heidi, "With forward secrecy")  # stored on the server
+    first = wraps_to(server, heidi.device_id)
+    assert len(first) == 1 and first[0][0] is not None and first[0][1] is not None  # a v2 wrap
+    taken_back = []
+
+    def take_back(route):
+        answer = route.fetch()
+        body = answer.json()
+        for entry in body["prekeys"]:
+            if entry["device_id"] == heidi.device_id:
+                entry["signed_prekey"], entry["one_time"] = None, None
+                taken_back.append(entry["device_id"])
+        route.fulfill(response=answer, body=jsonlib.dumps(body))
+
+    alice.page.route("**/api/v1/dms/prekeys/claim", take_back)
+    start_conversation(alice, [heidi.user_id, ivan.user_id])  # a new conversation: a new key, so a new claim
+    expect(message(alice, "With forward secrecy")).to_have_count(0)  # the new conversation is shown
+    send(alice, "Still never without forward secrecy")
+    log = alice.page.get_by_role("log", name="Messages")
+    expect(log.get_by_role("note").filter(has_text="a prekey that does not verify")).to_contain_text(
+        "it handed out this device's signed prekey")
+    expect(alice.page.get_by_role("alert")).to_contain_text("prekey does not verify; not sent")
+    expect(message(alice, "Still never without forward secrecy")).to_have_count(0)
+    assert taken_back == [heidi.device_id]
+    assert wraps_to(server, heidi.device_id) == first  # no v1 wrap: nothing more reached the server
+    assert wraps_to(server, ivan.device_id) == []  # nor for the other participant
+    screenshot(alice, "forward-secrecy-signed-prekey-taken-back-refused")

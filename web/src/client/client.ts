@@ -75,6 +75,9 @@ interface SentWrap {
   wrap: AnyKeyWrap | null;
 }
 type SentWraps = Record<string, SentWrap>;
+/** Per recipient device, the highest signed prekey id a claim handed out and a v2 wrap used (§6b: never taken back, never older). */
+type PrekeysSeen = Record<string, number>;
+const PREKEYS_SEEN = "prekeysSeen";
 interface ContactRecord {
   name: string;
   verified: boolean;
@@ -709,8 +712,11 @@ export class DmClient {
   /** §6b "When v2 is used": claims prekeys for exactly these devices; v2 for every device
    * with a signed prekey (verified against its certified device id), v1 only for a device
    * without one (an older client). A signed or one-time prekey that does not verify is never
-   * replaced by a v1 wrap: the send is refused. The wraps made are stored before sending, so
-   * a re-send uses them and does not claim again. */
+   * replaced by a v1 wrap: the send is refused; so is a claim entry without a signed_prekey
+   * field, "no signed prekey" for a device whose signed prekey was handed out before (a device
+   * never takes it back), and a signed prekey older than one handed out before (the highest id
+   * seen per device is kept in the meta record "prekeysSeen", as dmclient's prekeys_seen).
+   * The wraps made are stored before sending, so a re-send uses them and does not claim again. */
   private async newWraps(view: ConversationView, sk: SenderKeyRecord, devices: string[]): Promise<Map<string, AnyKeyWrap>> {
     const out = new Map<string, AnyKeyWrap>();
     if (!devices.length) return out;
@@ -723,11 +729,22 @@ export class DmClient {
       if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
       noPrekeys = true; // 404: a server before v1.2, where nobody has prekeys
     }
+    const seen = (await this.store.get<PrekeysSeen>("meta", PREKEYS_SEEN)) ?? {};
+    const newest: PrekeysSeen = {};
     const refused: { deviceId: string; detail: string }[] = [];
     for (const d of devices) {
       const c = noPrekeys ? { device_id: d, signed_prekey: null, one_time: null } : claimed.get(d);
       if (c === undefined) continue; // left out: not an active device (the server answers mismatched_devices if it is)
-      if (c.signed_prekey === null || c.signed_prekey === undefined) {
+      if (!("signed_prekey" in c) || c.signed_prekey === undefined) {
+        refused.push({ deviceId: d, detail: "the claim answer has no signed_prekey field" });
+        continue;
+      }
+      if (c.signed_prekey === null && seen[d] !== undefined) {
+        // A device never takes its signed prekey back (the server drops it only with the device).
+        refused.push({ deviceId: d, detail: `the server says it has no signed prekey, but it handed out this device's signed prekey ${seen[d]} before` });
+        continue;
+      }
+      if (c.signed_prekey === null) {
         out.set(d, this.wrapFor(d, view, sk.key)); // v1 only for a device without a signed prekey (an older client)
         continue;
       }
@@ -735,14 +752,23 @@ export class DmClient {
       try {
         const signedPrekey = spkParse(c.signed_prekey, d);
         const oneTime = c.one_time === null || c.one_time === undefined ? null : otkParse(c.one_time);
+        if (signedPrekey.id < (seen[d] ?? 0)) {
+          throw new ProtocolError(`signed prekey ${signedPrekey.id} is older than ${seen[d]}, handed out before`, "invalid_prekey");
+        }
         wrap = keyWrapV2({ senderSeed: this.device.seed, senderDevice: this.device.id, recipientDevice: d,
           conversationId: view.conversationId, epoch: view.epoch, groupKey: sk.key, signedPrekey, oneTime });
+        newest[d] = signedPrekey.id;
       } catch (exc) {
         if (!(exc instanceof ProtocolError)) throw exc;
         refused.push({ deviceId: d, detail: exc.detail });
         continue;
       }
       out.set(d, wrap);
+    }
+    if (Object.keys(newest).length) {
+      const stored = (await this.store.get<PrekeysSeen>("meta", PREKEYS_SEEN)) ?? {}; // read again: another send may have added some
+      for (const [d, id] of Object.entries(newest)) stored[d] = Math.max(stored[d] ?? 0, id);
+      await this.store.put("meta", PREKEYS_SEEN, stored);
     }
     const id = `${view.conversationId}/${sk.keyId}`;
     const known = await this.sentWraps(view.conversationId, sk.keyId);

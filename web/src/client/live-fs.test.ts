@@ -1,6 +1,7 @@
 // §6b against a real server (DECENTCOM_LIVE_URL, as live.test.ts): prekeys published at
 // registration, v2 wraps both ways, a wrap sent again is not claimed again, one-time private
-// keys erased at the ACK, refill under 20, and a late v1 wrap refused with a reason shown.
+// keys erased at the ACK, refill under 20, a late v1 wrap refused with a reason shown, and the
+// sender refusing a claim without signed_prekey, a signed prekey taken back, or an older one.
 import "fake-indexeddb/auto";
 import { describe, expect, it } from "vitest";
 import { Startup, type DmClient, type Failure, type Message } from "./index";
@@ -143,6 +144,72 @@ describe.skipIf(!url)("live server: forward secrecy (§6b)", () => {
     await v1Send("from an old client", Date.now());
     expect(await bob.sync()).toEqual({ accepted: 1, failed: 0 });
     expect(await texts(bob, cid)).toEqual(["from an old client"]);
+  }, 120_000);
+
+  it("the sender's side of the downgrade rule: no signed_prekey field, one taken back, or an older one is refused", async () => {
+    const alice = await create("Alice web");
+    const bob = await create("Bob web");
+    const bobDevice = bob.identity.deviceId;
+    // Each claim's real answer, rewritten on its way in as a lying server would.
+    const api = inside(alice).api;
+    const claim = api.claimPrekeys.bind(api);
+    const answers: { prekeys: Record<string, unknown>[] }[] = [];
+    let rewrite = (e: Record<string, unknown>) => e;
+    api.claimPrekeys = async (t: string, devices: string[]) => {
+      const answer = await claim(t, devices);
+      answers.push(structuredClone(answer));
+      return { ...answer, prekeys: answer.prekeys.map((e: Record<string, unknown>) => (e.device_id === bobDevice ? rewrite({ ...e }) : e)) };
+    };
+    const seen = async () => (await inside(alice).store.get("meta", "prekeysSeen"))?.[bobDevice];
+    // Each step in a new conversation (a new key: a new claim); a DM would be the same conversation again.
+    let others = 0;
+    const conversation = async () =>
+      (await alice.createConversation([bob.identity.userId, (await create(`Other ${++others}`)).identity.userId])).conversationId;
+    const refused = async (detail: string) => {
+      const cid = await conversation();
+      const claims = answers.length;
+      const exc = await alice.send(cid, "not without forward secrecy").then(() => null, (e: unknown) => e);
+      expect(exc).toMatchObject({ code: "invalid_prekey", extra: { devices: [bobDevice] } });
+      expect(answers.length).toBe(claims + 1);
+      const note = (await alice.timeline(cid)).find((i) => i.kind === "event" && i.event === "untrusted_device");
+      expect(note).toMatchObject({ warning: true });
+      expect((note as { text: string }).text).toContain(detail);
+      expect((note as { text: string }).text).toContain("never sent without forward secrecy");
+      expect(await texts(alice, cid)).toEqual([]);
+    };
+    const sent = async (text: string) => {
+      const cid = await conversation();
+      await alice.send(cid, text);
+      await bob.refreshConversations();
+      expect(await bob.sync()).toEqual({ accepted: 1, failed: 0 });
+      expect(await texts(bob, cid)).toEqual([text]);
+    };
+
+    // Before any v2 wrap to Bob's device, "no signed prekey" is an older client: v1.
+    rewrite = (e) => ({ ...e, signed_prekey: null, one_time: null });
+    await sent("v1 to what looks like an old client");
+    expect(await seen()).toBeUndefined();
+    rewrite = (e) => e;
+    await sent("v2");
+    expect(await seen()).toBe(1);
+    const first = answers.at(-1)!.prekeys.find((e) => e.device_id === bobDevice)!;
+
+    rewrite = (e) => { delete e.signed_prekey; return e; };
+    await refused("the claim answer has no signed_prekey field");
+    rewrite = (e) => ({ ...e, signed_prekey: null, one_time: null });
+    await refused("the server says it has no signed prekey, but it handed out this device's signed prekey 1 before");
+
+    // Bob rotates (his first signed prekey made 7 days ago): the newer one is taken, the older one no longer.
+    const current = await inside(bob).prekeys.current();
+    await inside(bob).store.put("signedPrekeys", String(current.id).padStart(16, "0"), { ...current, createdAt: current.createdAt - 7 * DAY_MS });
+    await bob.maintainPrekeys();
+    expect((await bob.prekeyInfo()).signedPrekeyId).toBe(2);
+    rewrite = (e) => e;
+    await sent("v2 to the rotated prekey");
+    expect(await seen()).toBe(2);
+    rewrite = (e) => ({ ...e, signed_prekey: first.signed_prekey });
+    await refused("signed prekey 1 is older than 2, handed out before");
+    expect(await seen()).toBe(2);
   }, 120_000);
 
   it("the property: once ACKed and rotated past the window, the device seed and everything the server keeps open no wrap (v1 ones they do)", async () => {

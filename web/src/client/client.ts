@@ -597,7 +597,7 @@ export class DmClient {
           b58Key(raw, "user id");
           out.push(raw);
         } catch {
-          throw new ClientError("unknown_participant", `${raw} is neither a user id nor a contact's name`);
+          throw new ClientError("unknown_participant", `"${raw}" is neither a user id nor a contact's name`);
         }
       }
     }

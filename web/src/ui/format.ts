@@ -72,11 +72,12 @@ export function splitParticipants(text: string): string[] {
 }
 
 /** A sentence for any error the SDK throws (ClientError, ApiError, anything else). */
+/** An error as a sentence: the SDK's and the server's details are written lower case, as the CLI prints them. */
 export function errorText(e: unknown): string {
   if (e && typeof e === "object") {
     const { detail, message } = e as { detail?: unknown; message?: unknown };
-    if (typeof detail === "string" && detail) return detail;
-    if (typeof message === "string" && message) return message;
+    const text = typeof detail === "string" && detail ? detail : typeof message === "string" ? message : "";
+    if (text) return `${text.charAt(0).toUpperCase()}${text.slice(1)}${/[.!?]$/.test(text) ? "" : "."}`;
   }
   return "Something went wrong.";
 }

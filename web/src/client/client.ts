@@ -89,6 +89,7 @@ const pad15 = (n: number) => String(Math.max(0, Math.floor(n))).padStart(15, "0"
 const timelineId = (cid: string, at: number, id: string) => `${cid}/${pad15(at)}/${id}`;
 const parseTime = (t: string | null | undefined): number | null => (t ? Date.parse(t) : null);
 const randomId = () => crypto.randomUUID();
+const receivedKeyId = (m: Incoming) => `${m.conversationId}/${m.senderDevice}/${m.epoch}/${m.keyId}`;
 
 function summarize(counts: Record<string, number>): DeliveryStatus {
   const notDelivered = ["expired", "failed", "dropped", "skipped"].reduce((n, s) => n + (counts[s] ?? 0), 0);
@@ -996,15 +997,16 @@ export class DmClient {
         const failed: string[] = [];
         const usedOneTime: number[] = [];
         for (const msg of page.messages) {
-          const { accepted, ackable, ownMessage } = await this.receive(msg);
+          const { accepted, ackable, ownMessage, keyKnown } = await this.receive(msg);
           if (ackable) (accepted ? ok : failed).push(ackable);
           const oneTimeId = oneTimeIdOf(msg);
-          if (ackable && oneTimeId !== null) usedOneTime.push(oneTimeId);
+          if (ackable && keyKnown && oneTimeId !== null) usedOneTime.push(oneTimeId);
           if (ownMessage) mine.push(ownMessage);
           report[accepted ? "accepted" : "failed"]++;
         }
         if (ok.length || failed.length) await this.call((t) => this.api.ack(t, { message_ids: ok, failed }));
         // §6b: a one-time private key goes at the ACK of the delivery that used it (received or failed).
+        // A wrap that did not open has not used it: the sender re-sends that wrap, and it must open then.
         if (usedOneTime.length) await this.prekeys.eraseOneTime(usedOneTime);
         if (page.has_more) after = page.cursor;
         else if (after === undefined || !(ok.length || failed.length)) break;
@@ -1018,25 +1020,31 @@ export class DmClient {
   }
 
   /** Every check of §6 "Receiving", in its order (dmclient Client._receive). */
-  private async receive(msg: unknown): Promise<{ accepted: boolean; ackable: string | null; ownMessage: string | null }> {
+  private async receive(msg: unknown): Promise<{ accepted: boolean; ackable: string | null; ownMessage: string | null; keyKnown: boolean }> {
     const messageId = (msg as { message_id?: unknown })?.message_id;
     const ackable = isUuid(messageId) ? messageId : null;
     const nowMs = now();
+    let keyKnown = false;
     try {
       const m = parse(msg);
       const deviceName = checkCertificate(m, Math.floor(nowMs / 1000));
       const warnings = await this.checkMembership(m);
       checkSignature(m);
-      const key = await this.messageKey(m);
+      const { key, unwrapped } = await this.messageKey(m);
+      keyKnown = true;
+      // A v2 wrap is authenticated to the sender device: its key is kept even if a later check fails,
+      // so the same wrap sent again (its one-time key then erased) still opens. Not a v1 key: the
+      // downgrade rule would be bypassed by later messages without a wrap.
+      if (unwrapped && m.wrapVersion === 2) await this.store.put("receivedKeys", receivedKeyId(m), key);
       const plaintext = decrypt(key, m);
       checkTime(plaintext, nowMs);
       if (m.wrapVersion === 1) checkDowngrade(m, await this.prekeys.refusesV1(plaintext.sent_at));
       await this.storeReceived(m, deviceName, key, plaintext, warnings);
-      return { accepted: true, ackable, ownMessage: m.sender === this.userId ? m.messageId : null };
+      return { accepted: true, ackable, ownMessage: m.sender === this.userId ? m.messageId : null, keyKnown };
     } catch (exc) {
       if (!(exc instanceof Rejected)) throw exc;
       await this.recordFailure(msg, exc);
-      return { accepted: false, ackable, ownMessage: null };
+      return { accepted: false, ackable, ownMessage: null, keyKnown };
     }
   }
 
@@ -1074,23 +1082,22 @@ export class DmClient {
   /** A key already held for key_id is used (a wrap sent again after its one-time key was used);
    * else a v1 wrap opens with the static keys, a v2 wrap with this device's prekeys by id;
    * `missing_key` when there is no wrap and no stored key for this key_id. */
-  private async messageKey(m: Incoming): Promise<Uint8Array> {
+  private async messageKey(m: Incoming): Promise<{ key: Uint8Array; unwrapped: boolean }> {
     const held = await this.heldKey(m);
-    if (m.keyWrap !== null) {
-      if (held && m.senderDevice !== this.device.id) {
-        checkKeyId(held, m);
-        return held;
-      }
-      if (m.wrapVersion === 1) return unwrap(this.device, m);
+    if (m.keyWrap !== null && !(held && m.senderDevice !== this.device.id)) {
+      if (m.wrapVersion === 1) return { key: unwrap(this.device, m), unwrapped: true };
       const w = m.keyWrap as KeyWrapV2;
-      return unwrapV2(this.device, m, {
-        signed: await this.prekeys.signedPrivate(w.signed_prekey_id),
-        oneTime: w.one_time_id === null ? null : await this.prekeys.oneTimePrivate(w.one_time_id),
-      });
+      return {
+        key: unwrapV2(this.device, m, {
+          signed: await this.prekeys.signedPrivate(w.signed_prekey_id),
+          oneTime: w.one_time_id === null ? null : await this.prekeys.oneTimePrivate(w.one_time_id),
+        }),
+        unwrapped: true,
+      };
     }
     if (!held) throw new Rejected("missing_key", "no key wrap and no stored key for this key_id");
     checkKeyId(held, m);
-    return held;
+    return { key: held, unwrapped: false };
   }
 
   private async heldKey(m: Incoming): Promise<Uint8Array | undefined> {
@@ -1099,7 +1106,7 @@ export class DmClient {
       const sk = await this.store.get<SenderKeyRecord>("senderKeys", `${m.conversationId}/${m.epoch}`);
       key = sk?.keyId === m.keyId ? sk.key : undefined;
     } else {
-      key = await this.store.get<Uint8Array>("receivedKeys", `${m.conversationId}/${m.senderDevice}/${m.epoch}/${m.keyId}`);
+      key = await this.store.get<Uint8Array>("receivedKeys", receivedKeyId(m));
     }
     return key;
   }
@@ -1127,7 +1134,7 @@ export class DmClient {
     const writes: Write[] = [
       { table: "seen", id: `${m.senderDevice}/${m.messageId}`, value: { storedAt: now(), expiresAt: message.expiresAt } },
       { table: "seq", id: seqId, value: Math.max(last ?? 0, plaintext.seq) },
-      { table: "receivedKeys", id: `${cid}/${m.senderDevice}/${m.epoch}/${m.keyId}`, value: key },
+      { table: "receivedKeys", id: receivedKeyId(m), value: key },
       { table: "timeline", id: tid, value: message },
       { table: "msgindex", id: m.messageId, value: tid },
     ];

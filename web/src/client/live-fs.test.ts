@@ -146,6 +146,35 @@ describe.skipIf(!url)("live server: forward secrecy (§6b)", () => {
     expect(await texts(bob, cid)).toEqual(["from an old client"]);
   }, 120_000);
 
+  it("a delivery that failed does not break the wrap sent again: its one-time key stays unless the wrap opened, whose key is kept", async () => {
+    const alice = await create("Alice web");
+    const bob = await create("Bob web");
+    // The first message of each sync, spoiled on its way in as a faulty or lying server would.
+    const api = inside(bob).api;
+    const sync = api.sync.bind(api);
+    let spoil: ((m: Record<string, unknown>) => Record<string, unknown>) | null = null;
+    api.sync = async (t: string, body: unknown) => {
+      const answer = await sync(t, body);
+      if (spoil && answer.messages.length) answer.messages[0] = spoil(answer.messages[0]);
+      spoil = null;
+      return answer;
+    };
+    const flip = (b64: string) => `${b64[0] === "A" ? "B" : "A"}${b64.slice(1)}`;
+    for (const [what, change] of [
+      ["a wrap that does not open", (m: Record<string, unknown>) => ({ ...m, key_wrap: { ...(m.key_wrap as object), nonce: flip((m.key_wrap as { nonce: string }).nonce) } })],
+      ["a wrap that opens, a ciphertext that does not", (m: Record<string, unknown>) => ({ ...m, ciphertext: flip(m.ciphertext as string) })],
+    ] as const) {
+      const cid = (await alice.createConversation([bob.identity.userId, (await create(`Other ${what}`)).identity.userId])).conversationId;
+      await alice.send(cid, `first: ${what}`);
+      await bob.refreshConversations();
+      spoil = change;
+      expect(await bob.sync(), what).toEqual({ accepted: 0, failed: 1 });
+      await alice.send(cid, `second: ${what}`); // the same stored wrap, sent again (no receipt for a failed delivery)
+      expect(await bob.sync(), what).toEqual({ accepted: 1, failed: 0 });
+      expect(await texts(bob, cid), what).toEqual([`second: ${what}`]);
+    }
+  });
+
   it("the sender's side of the downgrade rule: no signed_prekey field, one taken back, or an older one is refused", async () => {
     const alice = await create("Alice web");
     const bob = await create("Bob web");

@@ -3,11 +3,11 @@
 // handled, sync -> check -> store -> ACK, delivery status, gateway events.
 import {
   ApiError, Endpoints, Gateway, Http, NetworkError, sleep, type ClaimedPrekeys, type ConversationWire, type DirectoryDevice,
-  type SendAnswer, type StatusWire,
+  type PrekeysWire, type SendAnswer, type StatusWire,
 } from "../api";
 import {
   KeyPair, ProtocolError, authSignedBytes, b58Key, b64e, certCheckClient, certIssue, isUuid, keyId, keyWrap, keyWrapV2,
-  otkParse, phraseFromSeed, plaintextEncode, safetyNumber, seal, spkParse, type AnyKeyWrap, type KeyWrap, type KeyWrapV2,
+  otkParse, phraseFromSeed, prekeyIdOk, plaintextEncode, safetyNumber, seal, spkParse, type AnyKeyWrap, type KeyWrap, type KeyWrapV2,
   type WireCert,
 } from "../protocol";
 import { Store, withLock, type Write } from "../store";
@@ -89,6 +89,8 @@ const pad15 = (n: number) => String(Math.max(0, Math.floor(n))).padStart(15, "0"
 const timelineId = (cid: string, at: number, id: string) => `${cid}/${pad15(at)}/${id}`;
 const parseTime = (t: string | null | undefined): number | null => (t ? Date.parse(t) : null);
 const randomId = () => crypto.randomUUID();
+/** A 404 from a server before v1.2 (no prekey endpoints), not this device's revocation. */
+const isPreV12 = (exc: unknown): boolean => exc instanceof ApiError && exc.status === 404 && exc.code !== "device_revoked";
 
 function summarize(counts: Record<string, number>): DeliveryStatus {
   const notDelivered = ["expired", "failed", "dropped", "skipped"].reduce((n, s) => n + (counts[s] ?? 0), 0);
@@ -302,18 +304,24 @@ export class DmClient {
 
   /** What the server holds of this device's prekeys, and when this device first published one. */
   async prekeyInfo(): Promise<{ signedPrekeyId: number | null; oneTimeCount: number; firstPublishedAt: number | null }> {
-    let server;
+    const server = await this.serverPrekeys();
+    return {
+      signedPrekeyId: server?.signed_prekey?.id ?? null, oneTimeCount: server?.one_time_count ?? 0,
+      firstPublishedAt: (await this.prekeys.meta()).firstPublishedAt,
+    };
+  }
+
+  /** GET /devices/prekeys, or null from a server before v1.2. A signed prekey whose id is not
+   * a prekey id (1..2^53-1) reads as none. */
+  private async serverPrekeys(): Promise<PrekeysWire | null> {
+    let server: PrekeysWire;
     try {
       server = await this.call((t) => this.api.getPrekeys(t));
     } catch (exc) {
-      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
-      server = { signed_prekey: null, one_time_count: 0 }; // a server before v1.2
+      if (isPreV12(exc)) return null;
+      throw exc;
     }
-    const id = (server.signed_prekey as { id?: unknown } | null)?.id;
-    return {
-      signedPrekeyId: typeof id === "number" ? id : null, oneTimeCount: server.one_time_count,
-      firstPublishedAt: (await this.prekeys.meta()).firstPublishedAt,
-    };
+    return prekeyIdOk(server.signed_prekey?.id) ? server : { ...server, signed_prekey: null };
   }
 
   private async maintainPrekeysQuietly(): Promise<void> {
@@ -325,16 +333,11 @@ export class DmClient {
   }
 
   private async prekeyPass(): Promise<void> {
-    let server;
-    try {
-      server = await this.call((t) => this.api.getPrekeys(t));
-    } catch (exc) {
-      if (exc instanceof ApiError && exc.status === 404 && exc.code !== "device_revoked") return; // a server before v1.2
-      throw exc;
-    }
+    const server = await this.serverPrekeys();
+    if (server === null) return; // a server before v1.2
     const t = now();
-    const held = server.signed_prekey as { id?: unknown; x25519?: unknown } | null;
-    const serverId = typeof held?.id === "number" && Number.isSafeInteger(held.id) ? held.id : 0;
+    const held = server.signed_prekey;
+    const serverId = held?.id ?? 0;
     let current = await this.prekeys.current();
     // A server holding a newer id, or another key under our id (a store restored from a copy), gets a new one above it.
     if (current === null || this.prekeys.needsRotation(current, t) || serverId > current.id
@@ -726,8 +729,8 @@ export class DmClient {
       const answer = await this.call((t) => this.api.claimPrekeys(t, devices));
       for (const p of answer.prekeys ?? []) if (p && devices.includes(p.device_id)) claimed.set(p.device_id, p);
     } catch (exc) {
-      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
-      noPrekeys = true; // 404: a server before v1.2, where nobody has prekeys
+      if (!isPreV12(exc)) throw exc;
+      noPrekeys = true; // a server before v1.2, where nobody has prekeys
     }
     const seen = (await this.store.get<PrekeysSeen>("meta", PREKEYS_SEEN)) ?? {};
     const newest: PrekeysSeen = {};

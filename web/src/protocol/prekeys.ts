@@ -186,17 +186,24 @@ export function wrapVersion(wrap: unknown): 1 | 2 {
   throw new ProtocolError("key_wrap is neither a v1 nor a v2 wrap", "bad_key_wrap");
 }
 
+/** A v2 wrap's shape: exactly its six keys, and ids that are prekey ids (one_time_id may be
+ * null). The three byte fields are checked where they are decoded. */
+export function wrapV2Check(w: unknown): asserts w is KeyWrapV2 {
+  if (typeof w !== "object" || w === null || Array.isArray(w) || !sameKeys(w, WRAP_V2_FIELDS))
+    throw new ProtocolError("v2 key wrap must have exactly its six keys", "bad_key_wrap");
+  const r = w as Record<string, unknown>;
+  if (!prekeyIdOk(r.signed_prekey_id) || !(r.one_time_id === null || prekeyIdOk(r.one_time_id)))
+    throw new ProtocolError("v2 key wrap ids must be positive integers", "bad_key_wrap");
+}
+
 /** Open a v2 wrap with this device's signed prekey (and one-time prekey, when the
  * wrap names one) private keys, looked up by the caller from the wrap's ids. */
 export function keyUnwrapV2(o: {
   signedPrekeyPriv: Uint8Array; oneTimePriv: Uint8Array | null; recipientDevice: string; senderDevice: string;
   conversationId: string; epoch: number; wrap: unknown;
 }): Uint8Array {
-  const wrap = o.wrap as Record<string, unknown>;
-  if (typeof wrap !== "object" || wrap === null || Array.isArray(wrap) || !sameKeys(wrap, WRAP_V2_FIELDS))
-    throw new ProtocolError("v2 key wrap must have exactly its six keys", "bad_key_wrap");
-  if (!prekeyIdOk(wrap.signed_prekey_id) || !(wrap.one_time_id === null || prekeyIdOk(wrap.one_time_id)))
-    throw new ProtocolError("v2 key wrap ids must be positive integers", "bad_key_wrap");
+  const wrap = o.wrap;
+  wrapV2Check(wrap);
   if ((wrap.one_time_id === null) !== (o.oneTimePriv === null))
     throw new ProtocolError("one-time prekey does not match the wrap", "bad_key_wrap");
   const ePub = b64d(wrap.ephemeral, { length: KEY_LEN, what: "ephemeral" });
@@ -208,9 +215,9 @@ export function keyUnwrapV2(o: {
     o.oneTimePriv !== null ? x25519Shared(o.oneTimePriv, ePub) : new Uint8Array(0),
   );
   const info = keyWrapV2Info({
-    conversationId: o.conversationId, epoch: o.epoch, ephemeral: wrap.ephemeral as string,
-    oneTimeId: wrap.one_time_id as number | null, recipientDevice: o.recipientDevice, senderDevice: o.senderDevice,
-    signedPrekeyId: wrap.signed_prekey_id as number,
+    conversationId: o.conversationId, epoch: o.epoch, ephemeral: wrap.ephemeral,
+    oneTimeId: wrap.one_time_id, recipientDevice: o.recipientDevice, senderDevice: o.senderDevice,
+    signedPrekeyId: wrap.signed_prekey_id,
   });
   const key = aeadDecrypt(hkdf32(ikm, info), nonce, wrapped, info, "bad_key_wrap");
   if (key.length !== KEY_LEN) throw new ProtocolError("wrapped key is not 32 bytes", "bad_key_wrap");

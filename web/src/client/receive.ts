@@ -3,8 +3,8 @@
 // read side by side. Each throws Rejected(reason, detail).
 import {
   KeyPair, NONCE_LEN, ProtocolError, SIGNATURE_LEN, WRAPPED_KEY_LEN, H, aeadDecrypt, b58Key, b64d, certCheckClient,
-  KEY_LEN, dmAad, dmSignedBytes, fromUtf8, isUuid, keyId, keyUnwrap, keyUnwrapV2, prekeyIdOk, wrapV2Check, unpad, verify, wrapVersion,
-  type AnyKeyWrap, type KeyWrap, type KeyWrapV2, type Plaintext,
+  KEY_LEN, dmAad, dmSignedBytes, fromUtf8, isInt, isUuid, keyId, keyUnwrap, keyUnwrapV2, prekeyIdOk, unpad, verify,
+  wrapV2Check, wrapVersion, type AnyKeyWrap, type KeyWrap, type KeyWrapV2, type Plaintext,
 } from "../protocol";
 
 export const DAY_MS = 86_400_000;
@@ -47,7 +47,6 @@ export interface Incoming {
   policy: string;
 }
 
-const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v);
 
 function asRejected<T>(reason: string, fn: () => T): T {
   try {

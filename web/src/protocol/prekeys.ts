@@ -4,7 +4,7 @@ import { x25519 } from "@noble/curves/ed25519.js";
 import {
   KEY_LEN, NONCE_LEN, ProtocolError, SIGNATURE_LEN, WRAPPED_KEY_LEN, b58Key, b64d, b64e, cjson, concat, utf8,
 } from "./encoding";
-import { MAX_UNIX_SECONDS } from "./certificate";
+import { MAX_UNIX_SECONDS, fieldsProblem, isInt, isTime } from "./certificate";
 import { KeyPair, hkdf32, verify, x25519Private, x25519Public, x25519Shared } from "./keys";
 import { aeadDecrypt, aeadEncrypt, randomBytes, type KeyWrap } from "./message";
 
@@ -14,7 +14,6 @@ export const MAX_PREKEY_ID = 2 ** 53 - 1;
 const SPK_FIELDS = ["v", "device", "id", "x25519", "created_at"] as const;
 const WRAP_V2_FIELDS = ["v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"] as const;
 
-const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v);
 export const prekeyIdOk = (v: unknown): v is number => isInt(v) && v >= 1 && v <= MAX_PREKEY_ID;
 
 /** A fresh random X25519 key pair. */
@@ -80,21 +79,15 @@ const sameKeys = (o: object, expected: readonly string[]): boolean => {
 export function spkParse(wire: unknown, device: string): SignedPrekey {
   if (typeof wire !== "object" || wire === null || Array.isArray(wire))
     throw new ProtocolError("signed prekey must be an object", "invalid_prekey");
-  const expected = [...SPK_FIELDS, "signature"];
-  if (!sameKeys(wire, expected)) {
-    const keys = Object.keys(wire);
-    const extra = keys.filter((k) => !expected.includes(k)).sort();
-    const missing = expected.filter((k) => !keys.includes(k)).sort();
-    throw new ProtocolError(
-      `signed prekey fields: missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(extra)}`, "invalid_prekey");
-  }
+  const fields = fieldsProblem(wire, [...SPK_FIELDS, "signature"]);
+  if (fields) throw new ProtocolError(`signed prekey fields: ${fields}`, "invalid_prekey");
   const w = wire as Record<string, unknown>;
   let pub: Uint8Array;
   try {
     if (w.v !== 1) throw new ProtocolError("v must be 1");
     if (w.device !== device) throw new ProtocolError("it names another device");
     if (!prekeyIdOk(w.id)) throw new ProtocolError(`id must be an integer 1..${MAX_PREKEY_ID}`);
-    if (!isInt(w.created_at) || w.created_at < 0 || w.created_at > MAX_UNIX_SECONDS)
+    if (!isTime(w.created_at))
       throw new ProtocolError(`created_at must be an integer 0..${MAX_UNIX_SECONDS}`);
     pub = b64d(w.x25519, { length: KEY_LEN, what: "x25519" });
     const signature = b64d(w.signature, { length: SIGNATURE_LEN, what: "signature" });

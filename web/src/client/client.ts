@@ -228,8 +228,9 @@ export class DmClient {
     this.record = { ...this.record, revoked: `${text.replace(/\.$/, "")} on ${at}. It can no longer send or receive.` };
     this.gateway?.stop();
     const writes: Write[] = [{ table: "meta", id: "identity", value: this.record }, { table: "meta", id: "token", value: null }];
-    for (const table of ["senderKeys", "receivedKeys", "signedPrekeys", "oneTimePrekeys"] as const)
+    for (const table of ["senderKeys", "receivedKeys"] as const)
       for (const { id } of await this.store.list(table)) writes.push({ table, id, value: null });
+    writes.push(...await this.prekeys.eraseAllWrites());
     await this.store.write(writes);
     this.emit({ type: "revoked", text: this.record.revoked! });
     this.emit({ type: "connection", state: "Offline" });

@@ -42,7 +42,7 @@ export interface ServerWire {
   limits: Record<string, number>; gateway: { url: string; heartbeat_interval_ms: number };
 }
 
-export interface PrekeysWire { signed_prekey: unknown; one_time_count: number }
+export interface PrekeysWire { signed_prekey: WireSpk | null; one_time_count: number }
 export interface ClaimedPrekeys { device_id: string; signed_prekey: unknown; one_time: unknown }
 
 /** Endpoints, each with the token of the session it needs. */

@@ -3,11 +3,11 @@
 // handled, sync -> check -> store -> ACK, delivery status, gateway events.
 import {
   ApiError, Endpoints, Gateway, Http, NetworkError, sleep, type ClaimedPrekeys, type ConversationWire, type DirectoryDevice,
-  type SendAnswer, type StatusWire,
+  type PrekeysWire, type SendAnswer, type StatusWire,
 } from "../api";
 import {
   KeyPair, ProtocolError, authSignedBytes, b58Key, b64e, certCheckClient, certIssue, isUuid, keyId, keyWrap, keyWrapV2,
-  otkParse, phraseFromSeed, plaintextEncode, safetyNumber, seal, spkParse, type AnyKeyWrap, type KeyWrap, type KeyWrapV2,
+  otkParse, phraseFromSeed, prekeyIdOk, plaintextEncode, safetyNumber, seal, spkParse, type AnyKeyWrap, type KeyWrap, type KeyWrapV2,
   type WireCert,
 } from "../protocol";
 import { Store, withLock, type Write } from "../store";
@@ -90,6 +90,8 @@ const timelineId = (cid: string, at: number, id: string) => `${cid}/${pad15(at)}
 const parseTime = (t: string | null | undefined): number | null => (t ? Date.parse(t) : null);
 const randomId = () => crypto.randomUUID();
 const receivedKeyId = (m: Incoming) => `${m.conversationId}/${m.senderDevice}/${m.epoch}/${m.keyId}`;
+/** A 404 from a server before v1.2 (no prekey endpoints), not this device's revocation. */
+const isPreV12 = (exc: unknown): boolean => exc instanceof ApiError && exc.status === 404 && exc.code !== "device_revoked";
 
 function summarize(counts: Record<string, number>): DeliveryStatus {
   const notDelivered = ["expired", "failed", "dropped", "skipped"].reduce((n, s) => n + (counts[s] ?? 0), 0);
@@ -227,8 +229,9 @@ export class DmClient {
     this.record = { ...this.record, revoked: `${text.replace(/\.$/, "")} on ${at}. It can no longer send or receive.` };
     this.gateway?.stop();
     const writes: Write[] = [{ table: "meta", id: "identity", value: this.record }, { table: "meta", id: "token", value: null }];
-    for (const table of ["senderKeys", "receivedKeys", "signedPrekeys", "oneTimePrekeys"] as const)
+    for (const table of ["senderKeys", "receivedKeys"] as const)
       for (const { id } of await this.store.list(table)) writes.push({ table, id, value: null });
+    writes.push(...await this.prekeys.eraseAllWrites());
     await this.store.write(writes);
     this.emit({ type: "revoked", text: this.record.revoked! });
     this.emit({ type: "connection", state: "Offline" });
@@ -303,18 +306,24 @@ export class DmClient {
 
   /** What the server holds of this device's prekeys, and when this device first published one. */
   async prekeyInfo(): Promise<{ signedPrekeyId: number | null; oneTimeCount: number; firstPublishedAt: number | null }> {
-    let server;
+    const server = await this.serverPrekeys();
+    return {
+      signedPrekeyId: server?.signed_prekey?.id ?? null, oneTimeCount: server?.one_time_count ?? 0,
+      firstPublishedAt: (await this.prekeys.meta()).firstPublishedAt,
+    };
+  }
+
+  /** GET /devices/prekeys, or null from a server before v1.2. A signed prekey whose id is not
+   * a prekey id (1..2^53-1) reads as none. */
+  private async serverPrekeys(): Promise<PrekeysWire | null> {
+    let server: PrekeysWire;
     try {
       server = await this.call((t) => this.api.getPrekeys(t));
     } catch (exc) {
-      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
-      server = { signed_prekey: null, one_time_count: 0 }; // a server before v1.2
+      if (isPreV12(exc)) return null;
+      throw exc;
     }
-    const id = (server.signed_prekey as { id?: unknown } | null)?.id;
-    return {
-      signedPrekeyId: typeof id === "number" ? id : null, oneTimeCount: server.one_time_count,
-      firstPublishedAt: (await this.prekeys.meta()).firstPublishedAt,
-    };
+    return prekeyIdOk(server.signed_prekey?.id) ? server : { ...server, signed_prekey: null };
   }
 
   private async maintainPrekeysQuietly(): Promise<void> {
@@ -326,16 +335,11 @@ export class DmClient {
   }
 
   private async prekeyPass(): Promise<void> {
-    let server;
-    try {
-      server = await this.call((t) => this.api.getPrekeys(t));
-    } catch (exc) {
-      if (exc instanceof ApiError && exc.status === 404 && exc.code !== "device_revoked") return; // a server before v1.2
-      throw exc;
-    }
+    const server = await this.serverPrekeys();
+    if (server === null) return; // a server before v1.2
     const t = now();
-    const held = server.signed_prekey as { id?: unknown; x25519?: unknown } | null;
-    const serverId = typeof held?.id === "number" && Number.isSafeInteger(held.id) ? held.id : 0;
+    const held = server.signed_prekey;
+    const serverId = held?.id ?? 0;
     let current = await this.prekeys.current();
     // A server holding a newer id, or another key under our id (a store restored from a copy), gets a new one above it.
     if (current === null || this.prekeys.needsRotation(current, t) || serverId > current.id
@@ -727,8 +731,8 @@ export class DmClient {
       const answer = await this.call((t) => this.api.claimPrekeys(t, devices));
       for (const p of answer.prekeys ?? []) if (p && devices.includes(p.device_id)) claimed.set(p.device_id, p);
     } catch (exc) {
-      if (!(exc instanceof ApiError) || exc.status !== 404 || exc.code === "device_revoked") throw exc;
-      noPrekeys = true; // 404: a server before v1.2, where nobody has prekeys
+      if (!isPreV12(exc)) throw exc;
+      noPrekeys = true; // a server before v1.2, where nobody has prekeys
     }
     const seen = (await this.store.get<PrekeysSeen>("meta", PREKEYS_SEEN)) ?? {};
     const newest: PrekeysSeen = {};

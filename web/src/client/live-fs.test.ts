@@ -100,7 +100,7 @@ describe.skipIf(!url)("live server: forward secrecy (§6b)", () => {
     expect((await alice.prekeyInfo()).signedPrekeyId).toBe(spk.id);
 
     // a store with no prekeys at all (as before v1.2): a signed prekey above the server's id is published
-    await inside(alice).prekeys.eraseAll();
+    await inside(alice).store.write(await inside(alice).prekeys.eraseAllWrites());
     await inside(alice).store.delete("meta", "prekeys");
     expect((await alice.prekeyInfo()).firstPublishedAt).toBeNull();
     await alice.maintainPrekeys();

@@ -108,11 +108,11 @@ describe("one-time prekeys", () => {
     expect(await prekeys.oneTime()).toHaveLength(184);
   });
 
-  it("eraseAll (a revoked device) leaves no prekey", async () => {
-    const { prekeys } = await fresh();
+  it("eraseAllWrites (a revoked device) leaves no prekey", async () => {
+    const { store, prekeys } = await fresh();
     await prekeys.rotate(T0);
     await prekeys.oneTimeToPublish(0);
-    await prekeys.eraseAll();
+    await store.write(await prekeys.eraseAllWrites());
     expect(await prekeys.signed()).toEqual([]);
     expect(await prekeys.oneTime()).toEqual([]);
   });

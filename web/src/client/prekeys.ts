@@ -148,12 +148,12 @@ export class Prekeys {
     return gone.map((r) => r.id);
   }
 
-  /** Every private prekey (a revoked device). */
-  async eraseAll(): Promise<void> {
+  /** The writes erasing every private prekey (a revoked device), for the caller's one atomic write. */
+  async eraseAllWrites(): Promise<Write[]> {
     const writes: Write[] = [];
     for (const table of ["signedPrekeys", "oneTimePrekeys"] as const)
       for (const { id } of await this.store.list(table)) writes.push({ table, id, value: null });
-    await this.store.write(writes);
+    return writes;
   }
 
   /** §6b: a v1 wrap in a message sent more than V1_GRACE_MS after this device first

@@ -48,5 +48,15 @@ describe("time and plaintext", () => {
     });
     expect(decrypt(hex.decode(m.group_key_hex), incoming).body).toBe("hello bob — ünïcödé ✓");
     expect(() => decrypt(new Uint8Array(32), incoming)).toThrow(expect.objectContaining({ reason: "bad_ciphertext" }));
+    // a v2 wrap's shape (wrapV2Check): good as in the vectors; an extra key or a bad id is malformed
+    const withWrap = (key_wrap: unknown) => parse({
+      message_id: m.message_id, conversation_id: m.conversation_id, sender: A, sender_device: m.sender_device,
+      sender_certificate: v.device_cert.wire, epoch: m.epoch, key_id: m.key_id, participants_sha256: m.participants_sha256,
+      nonce: m.nonce_b64, ciphertext: m.ciphertext_b64, signature: m.signature_b64, key_wrap, policy: "ttl",
+    });
+    const w2 = v.key_wrap_v2.wrap;
+    expect(withWrap(w2).wrapVersion).toBe(2);
+    for (const bad of [{ ...w2, extra: 1 }, { ...w2, signed_prekey_id: 0 }, { ...w2, one_time_id: 1.5 }])
+      expect(() => withWrap(bad)).toThrow(expect.objectContaining({ reason: "malformed" }));
   });
 });

@@ -3,8 +3,8 @@
 // read side by side. Each throws Rejected(reason, detail).
 import {
   KeyPair, NONCE_LEN, ProtocolError, SIGNATURE_LEN, WRAPPED_KEY_LEN, H, aeadDecrypt, b58Key, b64d, certCheckClient,
-  KEY_LEN, dmAad, dmSignedBytes, fromUtf8, isUuid, keyId, keyUnwrap, keyUnwrapV2, prekeyIdOk, unpad, verify, wrapVersion,
-  type AnyKeyWrap, type KeyWrap, type KeyWrapV2, type Plaintext,
+  KEY_LEN, dmAad, dmSignedBytes, fromUtf8, isInt, isUuid, keyId, keyUnwrap, keyUnwrapV2, prekeyIdOk, unpad, verify,
+  wrapV2Check, wrapVersion, type AnyKeyWrap, type KeyWrap, type KeyWrapV2, type Plaintext,
 } from "../protocol";
 
 export const DAY_MS = 86_400_000;
@@ -47,7 +47,6 @@ export interface Incoming {
   policy: string;
 }
 
-const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v);
 
 function asRejected<T>(reason: string, fn: () => T): T {
   try {
@@ -83,10 +82,7 @@ export function parse(msg: unknown): Incoming {
         throw new ProtocolError("key_wrap must be null, a v1 wrap {nonce, wrapped_key} or a v2 wrap");
       }
       if (version === 2) {
-        if (Object.keys(w).sort().join() !== "ephemeral,nonce,one_time_id,signed_prekey_id,v,wrapped_key")
-          throw new ProtocolError("a v2 key_wrap has exactly v, signed_prekey_id, one_time_id, ephemeral, nonce, wrapped_key");
-        if (!prekeyIdOk(w.signed_prekey_id) || !(w.one_time_id === null || prekeyIdOk(w.one_time_id)))
-          throw new ProtocolError("a v2 key_wrap's ids must be positive integers");
+        wrapV2Check(wrap);
         b64d(w.ephemeral, { length: KEY_LEN, what: "ephemeral" });
       }
       b64d(w.nonce, { length: NONCE_LEN, what: "wrap nonce" });

@@ -41,8 +41,16 @@ export function certSignedBytes(body: CertBody): Uint8Array {
   return concat(CERT_LABEL, cjson(body));
 }
 
-const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v);
-const isTime = (v: unknown): v is number => isInt(v) && v >= 0 && v <= MAX_UNIX_SECONDS;
+export const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v);
+export const isTime = (v: unknown): v is number => isInt(v) && v >= 0 && v <= MAX_UNIX_SECONDS;
+
+/** "missing [...], unexpected [...]" (each sorted) when `o`'s own keys are not exactly `expected`, else null. */
+export function fieldsProblem(o: object, expected: readonly string[]): string | null {
+  const keys = Object.keys(o);
+  const extra = keys.filter((k) => !expected.includes(k)).sort();
+  const missing = expected.filter((k) => !keys.includes(k)).sort();
+  return extra.length || missing.length ? `missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(extra)}` : null;
+}
 
 export function certIssue(o: {
   master: KeyPair;
@@ -72,15 +80,8 @@ export function certParse(wire: unknown): WireCert {
   if (typeof wire !== "object" || wire === null || Array.isArray(wire))
     throw new ProtocolError("certificate must be an object", "invalid_certificate");
   const w = wire as Record<string, unknown>;
-  const expected = new Set<string>([...CERT_FIELDS, "signature"]);
-  const keys = Object.keys(w);
-  const extra = keys.filter((k) => !expected.has(k)).sort();
-  const missing = [...expected].filter((k) => !(k in w)).sort();
-  if (extra.length || missing.length)
-    throw new ProtocolError(
-      `certificate fields: missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(extra)}`,
-      "invalid_certificate",
-    );
+  const fields = fieldsProblem(w, [...CERT_FIELDS, "signature"]);
+  if (fields) throw new ProtocolError(`certificate fields: ${fields}`, "invalid_certificate");
   let signature: Uint8Array;
   let body: CertBody;
   try {

@@ -4,7 +4,7 @@ import { x25519 } from "@noble/curves/ed25519.js";
 import {
   KEY_LEN, NONCE_LEN, ProtocolError, SIGNATURE_LEN, WRAPPED_KEY_LEN, b58Key, b64d, b64e, cjson, concat, utf8,
 } from "./encoding";
-import { MAX_UNIX_SECONDS } from "./certificate";
+import { MAX_UNIX_SECONDS, fieldsProblem, isInt, isTime } from "./certificate";
 import { KeyPair, hkdf32, verify, x25519Private, x25519Public, x25519Shared } from "./keys";
 import { aeadDecrypt, aeadEncrypt, randomBytes, type KeyWrap } from "./message";
 
@@ -14,7 +14,6 @@ export const MAX_PREKEY_ID = 2 ** 53 - 1;
 const SPK_FIELDS = ["v", "device", "id", "x25519", "created_at"] as const;
 const WRAP_V2_FIELDS = ["v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"] as const;
 
-const isInt = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v);
 export const prekeyIdOk = (v: unknown): v is number => isInt(v) && v >= 1 && v <= MAX_PREKEY_ID;
 
 /** A fresh random X25519 key pair. */
@@ -80,21 +79,15 @@ const sameKeys = (o: object, expected: readonly string[]): boolean => {
 export function spkParse(wire: unknown, device: string): SignedPrekey {
   if (typeof wire !== "object" || wire === null || Array.isArray(wire))
     throw new ProtocolError("signed prekey must be an object", "invalid_prekey");
-  const expected = [...SPK_FIELDS, "signature"];
-  if (!sameKeys(wire, expected)) {
-    const keys = Object.keys(wire);
-    const extra = keys.filter((k) => !expected.includes(k)).sort();
-    const missing = expected.filter((k) => !keys.includes(k)).sort();
-    throw new ProtocolError(
-      `signed prekey fields: missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(extra)}`, "invalid_prekey");
-  }
+  const fields = fieldsProblem(wire, [...SPK_FIELDS, "signature"]);
+  if (fields) throw new ProtocolError(`signed prekey fields: ${fields}`, "invalid_prekey");
   const w = wire as Record<string, unknown>;
   let pub: Uint8Array;
   try {
     if (w.v !== 1) throw new ProtocolError("v must be 1");
     if (w.device !== device) throw new ProtocolError("it names another device");
     if (!prekeyIdOk(w.id)) throw new ProtocolError(`id must be an integer 1..${MAX_PREKEY_ID}`);
-    if (!isInt(w.created_at) || w.created_at < 0 || w.created_at > MAX_UNIX_SECONDS)
+    if (!isTime(w.created_at))
       throw new ProtocolError(`created_at must be an integer 0..${MAX_UNIX_SECONDS}`);
     pub = b64d(w.x25519, { length: KEY_LEN, what: "x25519" });
     const signature = b64d(w.signature, { length: SIGNATURE_LEN, what: "signature" });
@@ -186,17 +179,24 @@ export function wrapVersion(wrap: unknown): 1 | 2 {
   throw new ProtocolError("key_wrap is neither a v1 nor a v2 wrap", "bad_key_wrap");
 }
 
+/** A v2 wrap's shape: exactly its six keys, and ids that are prekey ids (one_time_id may be
+ * null). The three byte fields are checked where they are decoded. */
+export function wrapV2Check(w: unknown): asserts w is KeyWrapV2 {
+  if (typeof w !== "object" || w === null || Array.isArray(w) || !sameKeys(w, WRAP_V2_FIELDS))
+    throw new ProtocolError("v2 key wrap must have exactly its six keys", "bad_key_wrap");
+  const r = w as Record<string, unknown>;
+  if (!prekeyIdOk(r.signed_prekey_id) || !(r.one_time_id === null || prekeyIdOk(r.one_time_id)))
+    throw new ProtocolError("v2 key wrap ids must be positive integers", "bad_key_wrap");
+}
+
 /** Open a v2 wrap with this device's signed prekey (and one-time prekey, when the
  * wrap names one) private keys, looked up by the caller from the wrap's ids. */
 export function keyUnwrapV2(o: {
   signedPrekeyPriv: Uint8Array; oneTimePriv: Uint8Array | null; recipientDevice: string; senderDevice: string;
   conversationId: string; epoch: number; wrap: unknown;
 }): Uint8Array {
-  const wrap = o.wrap as Record<string, unknown>;
-  if (typeof wrap !== "object" || wrap === null || Array.isArray(wrap) || !sameKeys(wrap, WRAP_V2_FIELDS))
-    throw new ProtocolError("v2 key wrap must have exactly its six keys", "bad_key_wrap");
-  if (!prekeyIdOk(wrap.signed_prekey_id) || !(wrap.one_time_id === null || prekeyIdOk(wrap.one_time_id)))
-    throw new ProtocolError("v2 key wrap ids must be positive integers", "bad_key_wrap");
+  const wrap = o.wrap;
+  wrapV2Check(wrap);
   if ((wrap.one_time_id === null) !== (o.oneTimePriv === null))
     throw new ProtocolError("one-time prekey does not match the wrap", "bad_key_wrap");
   const ePub = b64d(wrap.ephemeral, { length: KEY_LEN, what: "ephemeral" });
@@ -208,9 +208,9 @@ export function keyUnwrapV2(o: {
     o.oneTimePriv !== null ? x25519Shared(o.oneTimePriv, ePub) : new Uint8Array(0),
   );
   const info = keyWrapV2Info({
-    conversationId: o.conversationId, epoch: o.epoch, ephemeral: wrap.ephemeral as string,
-    oneTimeId: wrap.one_time_id as number | null, recipientDevice: o.recipientDevice, senderDevice: o.senderDevice,
-    signedPrekeyId: wrap.signed_prekey_id as number,
+    conversationId: o.conversationId, epoch: o.epoch, ephemeral: wrap.ephemeral,
+    oneTimeId: wrap.one_time_id, recipientDevice: o.recipientDevice, senderDevice: o.senderDevice,
+    signedPrekeyId: wrap.signed_prekey_id,
   });
   const key = aeadDecrypt(hkdf32(ikm, info), nonce, wrapped, info, "bad_key_wrap");
   if (key.length !== KEY_LEN) throw new ProtocolError("wrapped key is not 32 bytes", "bad_key_wrap");

@@ -95,7 +95,7 @@ function Timeline(props: { conversation: Conversation; items: TimelineItem[] | u
         )}
         {items?.map((item) => <TimelineEntry key={itemKey(item)} item={item} />)}
         {pending.map((p) => (
-          <article key={p.key} className="message mine">
+          <article key={p.messageId} className="message mine">
             <div className="bubble"><p className="body">{p.body}</p></div>
             <p className="meta"><span role="note" aria-label="Delivery status" className="status">Sending</span></p>
           </article>
@@ -219,7 +219,7 @@ function MessageComposer(props: { conversation: Conversation }) {
           setError(errorText(e));
         },
       )
-      .finally(() => store.removeOutgoing(id, outgoing.key));
+      .finally(() => store.removeOutgoing(id, outgoing.messageId));
   };
   const answer = (ok: boolean) => {
     asking?.answer(ok);

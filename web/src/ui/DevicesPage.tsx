@@ -53,7 +53,7 @@ function ForwardSecrecy() {
     store.client.prekeyInfo().then(
       (i) => live && setText(i.signedPrekeyId === null
         ? "Not on yet: this browser's prekeys are not on the server (it may be older than protocol 1.2), so messages to it are encrypted without forward secrecy."
-        : `On since ${dateText(i.firstPublishedAt)}: messages to this browser are encrypted with keys it erases once used (signed prekey ${i.signedPrekeyId}, ${i.oneTimeCount} one-time prekeys on the server).`),
+        : `${i.firstPublishedAt === null ? "On" : `On since ${dateText(i.firstPublishedAt)}`}: messages to this browser are encrypted with keys it erases once used (signed prekey ${i.signedPrekeyId}, ${i.oneTimeCount} one-time prekeys on the server).`),
       (e: unknown) => live && setText(`Unknown: ${errorText(e)}`),
     );
     return () => {

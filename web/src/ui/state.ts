@@ -26,14 +26,12 @@ export interface Snapshot {
 }
 
 export interface Outgoing {
-  key: number;
   body: string;
   /** Hidden once the timeline holds this message: the two updates land apart. */
   messageId: string;
 }
 
 export class AppStore {
-  private nextKey = 1;
   private snapshot: Snapshot;
   private readonly listeners = new Set<() => void>();
   private unsubscribe: (() => void) | null = null;
@@ -135,14 +133,14 @@ export class AppStore {
   }
 
   addOutgoing(conversationId: string, body: string): Outgoing {
-    const outgoing = { key: this.nextKey++, body, messageId: crypto.randomUUID() };
+    const outgoing = { body, messageId: crypto.randomUUID() };
     const list = this.snapshot.outgoing[conversationId] ?? [];
     this.set({ outgoing: { ...this.snapshot.outgoing, [conversationId]: [...list, outgoing] } });
     return outgoing;
   }
 
-  removeOutgoing(conversationId: string, key: number): void {
-    const list = (this.snapshot.outgoing[conversationId] ?? []).filter((o) => o.key !== key);
+  removeOutgoing(conversationId: string, messageId: string): void {
+    const list = (this.snapshot.outgoing[conversationId] ?? []).filter((o) => o.messageId !== messageId);
     this.set({ outgoing: { ...this.snapshot.outgoing, [conversationId]: list } });
   }
 

@@ -381,9 +381,10 @@ def prekeys_claim(*, device_ids: list[str], now=None) -> list[dict]:
     all: on PostgreSQL each device's row is locked with SKIP LOCKED, so
     concurrent claims never hand out one key twice nor wait on each other
     (SQLite has a single writer). PREKEYS_LOW after commit to each device
-    whose supply this claim brought below 20."""
+    this claim took a one-time prekey from and left with fewer than 20."""
     now = now or timezone.now()
-    devices = {d.device_id: d for d in Device.objects.active(now).filter(device_id__in=device_ids)}
+    devices = {d.device_id: d for d in Device.objects.active(now).filter(device_id__in=device_ids)
+               .only("pk", "device_id")}
     if not devices:
         return []
     pks = sorted(d.pk for d in devices.values())

@@ -352,7 +352,7 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
 @dataclass(frozen=True)
 class Recipient:
     device_id: str
-    wrap: dict | None  # v1 {"nonce", "wrapped_key"} or v2 (§6b), already checked (serializers.key_wrap_check)
+    wrap: dict | None  # v1 {"nonce", "wrapped_key"} or v2 (§6b), already checked (protocol.key_wrap_problems)
 
 
 def _wrap_columns(wrap: dict | None) -> tuple:

@@ -256,8 +256,5 @@ class PrekeysApi(APIView):
         one_time = data.get("one_time")
         if one_time is not None and type(one_time) is not list:
             raise ApiError(400, "invalid_request", "one_time must be a list")
-        if one_time is not None and len(one_time) > services.MAX_ONE_TIME_PER_UPLOAD:
-            raise ApiError(400, "invalid_request",
-                           f"one_time: at most {services.MAX_ONE_TIME_PER_UPLOAD} one-time prekeys per upload")
         return Response(services.prekeys_upload(device=request.auth.device, signed_prekey=data.get("signed_prekey"),
                                                 one_time=one_time))

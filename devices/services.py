@@ -319,9 +319,10 @@ def prekeys_upload(*, device: Device, signed_prekey: object = None, one_time: li
     revocation or suspension either runs first, and the upload is refused,
     or after, and deletes what it stored)."""
     spk = None if signed_prekey is None else protocol.spk_parse(signed_prekey, device=device.device_id)
+    if one_time is not None and len(one_time) > MAX_ONE_TIME_PER_UPLOAD:
+        raise ApiError(400, "invalid_request",
+                       f"one_time: at most {MAX_ONE_TIME_PER_UPLOAD} one-time prekeys per upload")
     otks = [protocol.otk_parse(value) for value in one_time or []]
-    if len(otks) > MAX_ONE_TIME_PER_UPLOAD:
-        raise ApiError(400, "invalid_prekey", f"at most {MAX_ONE_TIME_PER_UPLOAD} one-time prekeys per upload")
     ids = [prekey_id for prekey_id, _ in otks]
     if len(set(ids)) != len(ids):
         raise ApiError(400, "invalid_prekey", "a one-time prekey id appears twice in this upload")
@@ -329,9 +330,8 @@ def prekeys_upload(*, device: Device, signed_prekey: object = None, one_time: li
     with transaction.atomic():
         # The device row only (a suspension locks the user row before the devices): read after the lock,
         # its state and its user's are the committed ones.
-        locked = Device.objects.select_for_update(no_key=True).get(pk=device.pk)
-        suspended = User.objects.filter(pk=locked.user_id, suspended_at__isnull=False).exists()
-        if not locked.is_active(now) or suspended:
+        locked = Device.objects.active(now).select_for_update(no_key=True, of=("self",)).filter(pk=device.pk).first()
+        if locked is None:
             raise ApiError(403, "device_revoked", "this device is no longer active")
         current = SignedPrekey.objects.filter(device=locked).first()
         if spk is not None:
@@ -381,9 +381,10 @@ def prekeys_claim(*, device_ids: list[str], now=None) -> list[dict]:
     all: on PostgreSQL each device's row is locked with SKIP LOCKED, so
     concurrent claims never hand out one key twice nor wait on each other
     (SQLite has a single writer). PREKEYS_LOW after commit to each device
-    whose supply this claim brought below 20."""
+    this claim took a one-time prekey from and left with fewer than 20."""
     now = now or timezone.now()
-    devices = {d.device_id: d for d in Device.objects.active(now).filter(device_id__in=device_ids)}
+    devices = {d.device_id: d for d in Device.objects.active(now).filter(device_id__in=device_ids)
+               .only("pk", "device_id")}
     if not devices:
         return []
     pks = sorted(d.pk for d in devices.values())

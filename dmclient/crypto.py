@@ -123,25 +123,9 @@ def parse(msg: object) -> Incoming:
         expires_at=msg.get("expires_at"), policy=policy)
 
 
-V2_WRAP_FIELDS = frozenset({"v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"})
-
-
 def check_wrap_shape(wrap_: object) -> int:
     """A v1 wrap {nonce, wrapped_key} or a v2 wrap of exactly its six keys (§6b); its version."""
-    try:
-        version = protocol.wrap_version(wrap_)
-    except protocol.ProtocolError:
-        raise protocol.ProtocolError("key_wrap must be null, a v1 {nonce, wrapped_key} or a v2 wrap") from None
-    if version == 2:
-        if set(wrap_) != V2_WRAP_FIELDS:
-            raise protocol.ProtocolError(f"a v2 key_wrap has exactly the keys {sorted(V2_WRAP_FIELDS)}")
-        if not protocol.prekey_id_ok(wrap_["signed_prekey_id"]) or not (
-                wrap_["one_time_id"] is None or protocol.prekey_id_ok(wrap_["one_time_id"])):
-            raise protocol.ProtocolError("v2 key_wrap ids must be positive integers")
-        protocol.b64d(wrap_["ephemeral"], length=protocol.KEY_LEN, what="ephemeral")
-    protocol.b64d(wrap_["nonce"], length=protocol.NONCE_LEN, what="wrap nonce")
-    protocol.b64d(wrap_["wrapped_key"], length=protocol.WRAPPED_KEY_LEN, what="wrapped_key")
-    return version
+    return protocol.key_wrap_shape(wrap_)
 
 
 def check_certificate(m: Incoming, *, now: int) -> None:

@@ -518,6 +518,62 @@ def key_wrap_v2(*, sender_seed: bytes, sender_device: str, recipient_device: str
             "nonce": b64e(nonce), "wrapped_key": b64e(wrapped)}
 
 
+V1_WRAP_KEYS = frozenset({"nonce", "wrapped_key"})
+V2_WRAP_KEYS = frozenset({"v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"})
+
+
+def _b64_problem(value: object, length: int, what: str) -> str | None:
+    try:
+        b64d(value, length=length, what=what)
+    except ProtocolError as exc:
+        return exc.detail
+    return None
+
+
+def _prekey_id_problem(value: object, *, nullable: bool) -> str | None:
+    if (value is None and nullable) or prekey_id_ok(value):
+        return None
+    return f"must be {'null or ' if nullable else ''}an integer 1..{MAX_PREKEY_ID}"
+
+
+def key_wrap_problems(value: object) -> dict[str, str] | str:
+    """The key wrap shape rule (§7 check 3, §6b), for the server and clients alike:
+    what is wrong, by member; {} when it is exactly the v1 shape `{nonce, wrapped_key}`
+    or exactly v2's six keys with `"v": 2`, a 12-byte nonce, a 48-byte wrapped_key,
+    a 32-byte ephemeral and ids 1..MAX_PREKEY_ID (one_time_id may be null);
+    a string when it is no object at all."""
+    if type(value) is not dict:
+        return "key_wrap must be an object or null"
+    v2 = "v" in value
+    expected = V2_WRAP_KEYS if v2 else V1_WRAP_KEYS
+    problems = {key: "This field is required." for key in sorted(expected - set(value))}
+    problems.update({key: f"not a member of a v{2 if v2 else 1} key wrap" for key in sorted(set(value) - expected)})
+    checks = {"nonce": lambda x: _b64_problem(x, NONCE_LEN, "nonce"),
+              "wrapped_key": lambda x: _b64_problem(x, WRAPPED_KEY_LEN, "wrapped_key")}
+    if v2:
+        checks.update({
+            "v": lambda x: None if type(x) is int and x == 2 else "must be 2",
+            "signed_prekey_id": lambda x: _prekey_id_problem(x, nullable=False),
+            "one_time_id": lambda x: _prekey_id_problem(x, nullable=True),
+            "ephemeral": lambda x: _b64_problem(x, KEY_LEN, "ephemeral"),
+        })
+    for key, check in checks.items():
+        if key in value and (problem := check(value[key])):
+            problems[key] = problem
+    return problems
+
+
+def key_wrap_shape(value: object) -> int:
+    """A key wrap's version (1 or 2) if `key_wrap_problems` finds nothing;
+    else ProtocolError "bad_key_wrap" naming every problem."""
+    problems = key_wrap_problems(value)
+    if problems:
+        raise ProtocolError(problems if type(problems) is str else
+                            "key_wrap " + "; ".join(f"{key}: {message}" for key, message in problems.items()),
+                            code="bad_key_wrap")
+    return 2 if "v" in value else 1
+
+
 def wrap_version(wrap: object) -> int:
     """1 or 2 by shape (§7 check 3): v1 is exactly {nonce, wrapped_key}, v2 has `"v": 2`."""
     if isinstance(wrap, dict) and wrap.get("v") == 2 and _is_int(wrap.get("v")):

@@ -32,57 +32,9 @@ class ConversationOutput(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
-V2_WRAP_KEYS = frozenset({"v", "signed_prekey_id", "one_time_id", "ephemeral", "nonce", "wrapped_key"})
-V1_WRAP_KEYS = frozenset({"nonce", "wrapped_key"})
-
-
-def _b64_problem(value, length: int, what: str) -> str | None:
-    try:
-        protocol.b64d(value, length=length, what=what)
-    except protocol.ProtocolError as exc:
-        return exc.detail
-    return None
-
-
-def _id_problem(value, *, nullable: bool) -> str | None:
-    if (value is None and nullable) or protocol.prekey_id_ok(value):
-        return None
-    return f"must be {'null or ' if nullable else ''}an integer 1..{protocol.MAX_PREKEY_ID}"
-
-
-def key_wrap_problems(value) -> dict[str, str] | str:
-    """What is wrong with a key wrap (§7 check 3), by member: {} when it is
-    exactly the v1 shape `{nonce, wrapped_key}` or exactly v2's six keys (§6b)
-    with a 12-byte nonce, a 48-byte wrapped_key, a 32-byte ephemeral and
-    positive ids; a string when it is no object at all."""
-    if type(value) is not dict:
-        return "key_wrap must be an object or null"
-    v2 = "v" in value
-    expected = V2_WRAP_KEYS if v2 else V1_WRAP_KEYS
-    problems = {key: "This field is required." for key in sorted(expected - set(value))}
-    problems.update({key: f"not a member of a v{2 if v2 else 1} key wrap" for key in sorted(set(value) - expected)})
-    checks = {"nonce": lambda x: _b64_problem(x, protocol.NONCE_LEN, "nonce"),
-              "wrapped_key": lambda x: _b64_problem(x, protocol.WRAPPED_KEY_LEN, "wrapped_key")}
-    if v2:
-        checks.update({
-            "v": lambda x: None if type(x) is int and x == 2 else "must be 2",
-            "signed_prekey_id": lambda x: _id_problem(x, nullable=False),
-            "one_time_id": lambda x: _id_problem(x, nullable=True),
-            "ephemeral": lambda x: _b64_problem(x, protocol.KEY_LEN, "ephemeral"),
-        })
-    for key, check in checks.items():
-        if key in value and (problem := check(value[key])):
-            problems[key] = problem
-    return problems
-
-
-def key_wrap_check(value) -> dict:
-    """The wrap as sent, if `key_wrap_problems` finds nothing (its strings are
-    canonical base64, so it is stored and served back unchanged); else ProtocolError."""
-    problems = key_wrap_problems(value)
-    if problems:
-        raise protocol.ProtocolError(problems if type(problems) is str else
-                                     "; ".join(f"{k}: {m}" for k, m in problems.items()))
+def key_wrap_as_sent(value: dict) -> dict:
+    """A wrap `protocol.key_wrap_problems` found nothing wrong with, as sent
+    (its strings are canonical base64, so it is stored and served back unchanged)."""
     if "v" not in value:
         return {"nonce": value["nonce"], "wrapped_key": value["wrapped_key"]}
     return {"v": 2, "signed_prekey_id": value["signed_prekey_id"], "one_time_id": value["one_time_id"],
@@ -113,11 +65,11 @@ class KeyWrapField(serializers.Field):
     """A v1 or v2 key wrap, exactly (§7 check 3); the value is the wrap as sent."""
 
     def to_internal_value(self, data):
-        problems = key_wrap_problems(data)
+        problems = protocol.key_wrap_problems(data)
         if problems:  # by member where there is one: recipients.0.key_wrap.nonce (§10)
             raise serializers.ValidationError(problems if type(problems) is str else
                                               {key: [message] for key, message in problems.items()})
-        return key_wrap_check(data)
+        return key_wrap_as_sent(data)
 
     def to_representation(self, value):
         return value
@@ -176,7 +128,10 @@ def _b64(value, length: int | None = None) -> bytes:
 
 
 def _wrap(value) -> dict | None:
-    return None if value is None else key_wrap_check(value)
+    if value is None:
+        return None
+    protocol.key_wrap_shape(value)  # ProtocolError: the slow path words the errors by member
+    return key_wrap_as_sent(value)
 
 
 def _send_input_plain(data) -> dict | None:

@@ -352,7 +352,7 @@ def delivery_states_end(*, message_ids: list, state: str, at: dt.datetime, reaso
 @dataclass(frozen=True)
 class Recipient:
     device_id: str
-    wrap: dict | None  # v1 {"nonce", "wrapped_key"} or v2 (§6b), already checked (serializers.key_wrap_check)
+    wrap: dict | None  # v1 {"nonce", "wrapped_key"} or v2 (§6b), already checked (protocol.key_wrap_problems)
 
 
 def _wrap_columns(wrap: dict | None) -> tuple:
@@ -697,15 +697,14 @@ def _dm_purge(*, now: dt.datetime, dry_run: bool, chunk: int) -> dict:
 
     counts = dict.fromkeys(["expired_messages", "undelivered_deliveries", "burned_messages", "expired_devices",
                             "past_epoch_receipts", "delivery_states", "prekeys", *housekeeping], 0)
-    for device in expired_devices:
-        # device_revoke deletes the device's prekeys, counted here as the dry run counts them
-        counts["prekeys"] += (SignedPrekey.objects.filter(device=device).count()
-                              + OneTimePrekey.objects.filter(device=device).count())
-        device_revoke(device=device, reason="expired")
-        counts["expired_devices"] += 1
+    # The sweep first: it takes the expired devices' prekeys too, counted here as the dry run counts
+    # them, and device_revoke then finds none left to delete.
     for queryset, field in ((gone_signed, "device_id"), (gone_one_time, "id")):
         for ids in _chunks_locked(queryset, field=field, chunk=chunk):
             counts["prekeys"] += queryset.model.objects.filter(**{f"{field}__in": ids}).delete()[0]
+    for device in expired_devices:
+        device_revoke(device=device, reason="expired")
+        counts["expired_devices"] += 1
     for ids in _chunks_locked(expired_messages, field="message_id", order="expires_at", chunk=chunk):
         delivery_states_end(message_ids=ids, state=DeliveryState.State.EXPIRED, at=now)
         counts["expired_messages"] += messages_delete(message_ids=ids)

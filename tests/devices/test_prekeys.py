@@ -94,6 +94,11 @@ def test_more_than_100_per_upload_refused(person):
     device = person().device
     response = put(device, {"one_time": otks(1, 101)})
     assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request" and "at most 100" in response.json()["detail"]
+    assert OneTimePrekey.objects.count() == 0
+    # The count is checked first: 101 entries, the last malformed, still answer with the count.
+    response = put(device, {"one_time": otks(1, 100) + ["x"]})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
     assert OneTimePrekey.objects.count() == 0
 
 

@@ -27,7 +27,7 @@ def ciphertext_column_reads(queries) -> list[str]:
     bad = []
     for q in queries:
         sql = q["sql"]
-        for column in ('"ciphertext"', '"wrapped_key"', '"wrap_nonce"'):
+        for column in ('"ciphertext"', '"wrapped_key"', '"wrap_nonce"', '"wrap_ephemeral"'):
             for match in re.finditer(re.escape(column), sql):
                 if not sql[:match.start()].rstrip().upper().endswith(("LENGTH(", "LENGTH(\"PENDING_DMS\".",
                                                                        "LENGTH(\"DM_DELIVERIES\".")):

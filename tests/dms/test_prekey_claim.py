@@ -22,11 +22,11 @@ def claim(device, device_ids):
     return device.client.post(CLAIM, {"devices": device_ids}, format="json")
 
 
-def publish(device, *, spk_id: int = 1, one_time: int = 100, first_id: int = 1):
+def publish(device, *, spk_id: int = 1, one_time: int = 100, first_id: int = 1, created_at: int = 0):
     """A signed prekey and `one_time` one-time prekeys; returns their private keys by id."""
     privs = {}
     spk_priv, spk_pub = protocol.x25519_keypair()
-    wire = protocol.spk_issue(device_seed=device.keys.seed, id=spk_id, x25519_pub=spk_pub, created_at=0)
+    wire = protocol.spk_issue(device_seed=device.keys.seed, id=spk_id, x25519_pub=spk_pub, created_at=created_at)
     keys = []
     for prekey_id in range(first_id, first_id + one_time):
         priv, pub = protocol.x25519_keypair()

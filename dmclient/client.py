@@ -150,6 +150,7 @@ class Client:
         # legacy: a client of protocol 1.1 (publishes no prekeys, wraps v1 only), to test that old clients still talk
         self.legacy = os.environ.get(LEGACY_ENV) == "1.1" if legacy is None else legacy
         self._prekeys_checked = False  # the server's prekey supply looked at since this client opened
+        self._pre_v12 = False  # the server answered 404/405 to a prekey request (before v1.2): not asked again
         self.server = store.meta("server")
         self.device = KeyPair(store.secret("device_seed"))
         self.device_id = self.device.id
@@ -260,6 +261,7 @@ class Client:
         self.server, self.api = server, Api(server, transport=self.transport, on_wait=self.api.on_wait)
         self._server_info_fetched = False
         self._prekeys_checked = False
+        self._pre_v12 = False
         if session is not None:
             self._adopt(session)
             self._prekeys_after_registration()  # a server that just registered this device has none of its prekeys
@@ -448,10 +450,13 @@ class Client:
         if not check_server and current is not None and current["published"] and \
                 current["created_at"] + SIGNED_PREKEY_ROTATE_S > now:
             return None  # nothing due, and nobody asked the server
+        if self._pre_v12:
+            return None  # told by this server already: v1 wraps only
         try:
             held = self.call("GET", "/devices/prekeys")
         except ApiError as exc:
             if exc.status in (404, 405):
+                self._pre_v12 = True
                 return None  # a server before v1.2: v1 wraps only
             raise
         self._prekeys_checked = True
@@ -1089,6 +1094,8 @@ class Client:
 
     def _claim(self, devices: list[str]) -> dict[str, dict] | None:
         """POST /dms/prekeys/claim: device_id -> its entry; None from a server before v1.2."""
+        if self._pre_v12:
+            return None
         claimed: dict[str, dict] = {}
         try:
             for start in range(0, len(devices), CLAIM_PAGE):
@@ -1101,6 +1108,7 @@ class Client:
         except ApiError as exc:
             if exc.status not in (404, 405):
                 raise
+            self._pre_v12 = True
             return None
         return claimed
 

@@ -498,3 +498,26 @@ def test_a_one_time_key_used_by_a_delivery_whose_ack_never_got_through_goes_at_t
     assert delivery(sent.message_id, bob).acked_at is not None
     assert [m["body"] for m in bob.history(cid)] == ["acked late"]
 
+
+def test_a_server_before_v12_is_asked_for_prekeys_once_not_at_every_sync_and_send(new_client, lying):
+    alice, bob = new_client("alice"), new_client("bob")
+    cid = alice.create_conversation([bob.user_id])[0]["conversation_id"]
+
+    def older_server(request: httpx.Request, forward):  # 404 from a server without §6b
+        if request.url.path.endswith(("/devices/prekeys", "/dms/prekeys/claim")):
+            return httpx.Response(404, json={"error": "not_found", "detail": "no such endpoint"})
+        return None
+    lying.rewrite = older_server
+    started = Client.open(alice.store.path.parent, PASSPHRASE, transport=lying)  # a start: the supply is asked for
+    try:
+        for text in ("one", "two"):
+            with started.store.transaction() as db:  # a new sender key each time: a new wrap is needed
+                db.execute("UPDATE sender_keys SET used = ?", (crypto.MAX_KEY_USES,))
+            started.sync()
+            assert started.send(cid, text).key_wraps == {"v1": 1, "v2": 0}
+    finally:
+        started.close()
+    asked = [r.url.path.rsplit("/", 2)[-2:] for r in lying.requests
+             if r.url.path.endswith(("/devices/prekeys", "/dms/prekeys/claim"))]
+    assert asked == [["devices", "prekeys"]]  # once, at the start; no claim after that 404 either
+    assert bob.sync().accepted == 2

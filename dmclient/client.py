@@ -150,6 +150,7 @@ class Client:
         # legacy: a client of protocol 1.1 (publishes no prekeys, wraps v1 only), to test that old clients still talk
         self.legacy = os.environ.get(LEGACY_ENV) == "1.1" if legacy is None else legacy
         self._prekeys_checked = False  # the server's prekey supply looked at since this client opened
+        self._pre_v12 = False  # the server answered 404/405 to a prekey request (before v1.2): not asked again
         self.server = store.meta("server")
         self.device = KeyPair(store.secret("device_seed"))
         self.device_id = self.device.id
@@ -260,6 +261,7 @@ class Client:
         self.server, self.api = server, Api(server, transport=self.transport, on_wait=self.api.on_wait)
         self._server_info_fetched = False
         self._prekeys_checked = False
+        self._pre_v12 = False
         if session is not None:
             self._adopt(session)
             self._prekeys_after_registration()  # a server that just registered this device has none of its prekeys
@@ -448,10 +450,13 @@ class Client:
         if not check_server and current is not None and current["published"] and \
                 current["created_at"] + SIGNED_PREKEY_ROTATE_S > now:
             return None  # nothing due, and nobody asked the server
+        if self._pre_v12:
+            return None  # told by this server already: v1 wraps only
         try:
             held = self.call("GET", "/devices/prekeys")
         except ApiError as exc:
             if exc.status in (404, 405):
+                self._pre_v12 = True
                 return None  # a server before v1.2: v1 wraps only
             raise
         self._prekeys_checked = True
@@ -1089,6 +1094,8 @@ class Client:
 
     def _claim(self, devices: list[str]) -> dict[str, dict] | None:
         """POST /dms/prekeys/claim: device_id -> its entry; None from a server before v1.2."""
+        if self._pre_v12:
+            return None
         claimed: dict[str, dict] = {}
         try:
             for start in range(0, len(devices), CLAIM_PAGE):
@@ -1101,6 +1108,7 @@ class Client:
         except ApiError as exc:
             if exc.status not in (404, 405):
                 raise
+            self._pre_v12 = True
             return None
         return claimed
 
@@ -1345,21 +1353,31 @@ class Client:
         message_id = msg.get("message_id") if isinstance(msg, dict) else None
         ackable = message_id if protocol.is_uuid(message_id) else None
         now = time.time()
-        one_time_id = None  # the one-time prekey the wrap names: erased at this delivery's ACK, accepted or failed
+        # §6b: a one-time private key goes at the ACK of a delivery whose wrap used it (accepted or
+        # failed); a wrap that does not open with it has not used it (a server corrupting one delivery
+        # must not erase the key the re-sent wrap names), so it is kept.
+        one_time_id = None
+        opened = None  # (m, key) once a v2 wrap opened: the key is kept even if a later check fails
         try:
             m = crypto.parse(msg)
-            if isinstance(m.key_wrap, dict) and m.key_wrap.get("v") == 2:
-                one_time_id = m.key_wrap["one_time_id"]
             crypto.check_certificate(m, now=int(now))
             warnings = self._check_membership(m)
             crypto.check_signature(m)
-            key = self._message_key(m)
+            try:
+                key, fresh = self._open_key(m)
+            except Rejected as rejected:
+                if rejected.reason == "bad_key_id" and m.key_wrap is not None and m.key_wrap.get("v") == 2:
+                    one_time_id = m.key_wrap["one_time_id"]  # the wrap opened (its key is not the message's)
+                raise
+            if fresh:
+                one_time_id = m.key_wrap["one_time_id"]
+                opened = (m, key)
             plaintext = crypto.decrypt(key, m)
             self._check_time(m, plaintext, now)
             self._check_wrap_version(m, plaintext)
             self._store_received(m, key, plaintext, warnings, one_time_id=one_time_id)
         except Rejected as rejected:
-            self._record_failure(msg, rejected, one_time_id=one_time_id)
+            self._record_failure(msg, rejected, one_time_id=one_time_id, opened=opened)
             return False, ackable
         return True, ackable
 
@@ -1426,25 +1444,27 @@ class Client:
         return warnings
 
     def _message_key(self, m: crypto.Incoming) -> bytes:
+        return self._open_key(m)[0]
+
+    def _open_key(self, m: crypto.Incoming) -> tuple[bytes, bool]:
+        """The message key, and whether it came out of a v2 wrap opened now (not a key held already)."""
         if m.key_wrap is not None:
             held = self._held_key(m) if m.sender_device != self.device_id else None
             if held is not None:  # a wrap sent again after we got the key (its one-time prekey may be gone)
-                return held
+                return held, False
             if m.key_wrap.get("v") != 2:
-                return crypto.unwrap(self.device, m)
-            return crypto.unwrap_v2(self.device, m, **self._prekey_privates(m.key_wrap))
+                return crypto.unwrap(self.device, m), False
+            return crypto.unwrap_v2(self.device, m, **self._prekey_privates(m.key_wrap)), True
         if m.sender_device == self.device_id:
             row = self.store.db.execute("SELECT sealed_key FROM sender_keys WHERE key_id = ? AND conversation_id = ?",
                                         (m.key_id, m.conversation_id)).fetchone()
+            key = None if row is None else self.store.unseal(row[0])
         else:
-            row = self.store.db.execute(
-                "SELECT sealed_key FROM received_keys WHERE conversation_id = ? AND sender_device = ? AND epoch = ? "
-                "AND key_id = ?", (m.conversation_id, m.sender_device, m.epoch, m.key_id)).fetchone()
-        if row is None:
+            key = self._held_key(m)
+        if key is None:
             raise Rejected("missing_key", "no key wrap and no stored key for this key_id")
-        key = self.store.unseal(row[0])
         crypto.check_key_id(key, m)
-        return key
+        return key, False
 
     def _held_key(self, m: crypto.Incoming) -> bytes | None:
         row = self.store.db.execute(
@@ -1520,11 +1540,20 @@ class Client:
                  m.policy, self.store.seal(json.dumps(plaintext).encode()), "; ".join(warnings) or None,
                  int(time.time())))
 
-    def _record_failure(self, msg: object, rejected: Rejected, *, one_time_id: int | None = None) -> None:
+    def _record_failure(self, msg: object, rejected: Rejected, *, one_time_id: int | None = None,
+                        opened: tuple[crypto.Incoming, bytes] | None = None) -> None:
+        """`opened`: the v2 wrap opened before a later check failed. Its key is kept (the static DH
+        term authenticates it to the sender device), so the same wrap sent again, its one-time
+        prekey erased at this ACK, still opens with the held key."""
         get = msg.get if isinstance(msg, dict) else (lambda k: None)
         text = (lambda v: v if isinstance(v, str) else None)
         with self.store.transaction() as db:
             _mark_used(db, one_time_id)
+            if opened is not None:
+                m, key = opened
+                db.execute("INSERT OR IGNORE INTO received_keys (conversation_id, sender_device, epoch, key_id, "
+                           "sealed_key) VALUES (?, ?, ?, ?, ?)",
+                           (m.conversation_id, m.sender_device, m.epoch, m.key_id, self.store.seal(key)))
             db.execute("INSERT INTO failures (message_id, conversation_id, sender, sender_device, reason, detail, "
                        "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (str(get("message_id")), text(get("conversation_id")), text(get("sender")),
@@ -1690,7 +1719,7 @@ def rfc3339(seconds: int | None) -> str | None:
 
 
 def _mark_used(db: sqlite3.Connection, one_time_id: int | None) -> None:
-    """A delivery's wrap names this one-time prekey: its private key goes at that delivery's ACK."""
+    """A delivery's wrap opened with this one-time prekey: its private key goes at that delivery's ACK."""
     if one_time_id is not None:
         db.execute("UPDATE one_time_prekeys SET used = 1 WHERE id = ? AND used = 0", (one_time_id,))
 

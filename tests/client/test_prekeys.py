@@ -6,14 +6,15 @@ a v1 wrap refused once this device has had a signed prekey for 24 h; sender
 keys replaced after 1,000 messages and 7 days; v1-only clients still served."""
 import json
 import time
+import uuid
 
 import httpx
 import pytest
 
 from devices.models import OneTimePrekey, SignedPrekey
 from dmclient import Client, protocol
-from dmclient.client import (DAY_S, OLD_SIGNED_PREKEY_KEEP_S, ONE_TIME_LOW, ONE_TIME_TARGET, SIGNED_PREKEY_ROTATE_S,
-                             ClientError)
+from dmclient.client import (DAY_S, OLD_SIGNED_PREKEY_KEEP_S, ONE_TIME_LOW, ONE_TIME_TARGET, REPLAY_WINDOW_DAYS,
+                             SIGNED_PREKEY_ROTATE_S, ClientError)
 from dmclient import crypto
 from dms.models import Delivery
 from tests.client.conftest import PASSPHRASE
@@ -127,7 +128,11 @@ def test_a_v2_message_is_read_and_its_one_time_private_key_erased_at_the_ack(pai
     assert alice.sync().accepted == 1 and alice_wrap["one_time_id"] not in one_time_ids(alice)
 
 
-def test_a_failed_delivery_erases_its_one_time_private_key_too(pair):
+def test_a_wrap_that_does_not_open_keeps_its_one_time_key_and_the_wrap_sent_again_opens(pair):
+    """§6b: a one-time key goes at the ACK of a delivery whose wrap used it; a wrap that does not open
+    has not used it. A server corrupting one delivery's wrap must not erase the key the stored wrap
+    (sent again until bob holds the key) names, or every later message to bob fails until alice's
+    sender key is replaced."""
     alice, bob, cid = pair
     sent = alice.send(cid, "hello bob")
     d = delivery(sent.message_id, bob)
@@ -136,7 +141,43 @@ def test_a_failed_delivery_erases_its_one_time_private_key_too(pair):
     d.save()
     report = bob.sync()
     assert (report.accepted, report.failed) == (0, 1) and bob.failures()[-1]["reason"] == "bad_key_wrap"
-    assert one_time_id not in one_time_ids(bob)
+    assert delivery(sent.message_id, bob).acked_at is not None  # ACKed as failed
+    assert one_time_id in one_time_ids(bob)  # not used by a wrap that did not open
+    again = alice.send(cid, "hello again")
+    assert delivery(again.message_id, bob).key_wrap["one_time_id"] == one_time_id  # the stored wrap
+    assert bob.sync().accepted == 1
+    assert [m["body"] for m in bob.history(cid)] == ["hello again"]
+    assert one_time_id not in one_time_ids(bob)  # used now: erased at that ACK
+    assert bob.sync().accepted == 0 and alice.send(cid, "and again") and bob.sync().accepted == 1
+
+
+def test_a_wrap_that_opened_for_a_message_failing_a_later_check_leaves_its_key_held(pair):
+    """The wrap opened (its one-time key goes at the ACK) but the message failed a later check (here
+    too old): bob keeps the key, authenticated to alice's device by the static DH term, so the same
+    wrap sent again, naming the erased one-time key, still opens."""
+    alice, bob, cid = pair
+    first = alice.send(cid, "one")
+    w1 = delivery(first.message_id, bob).key_wrap
+    key = alice.store.unseal(alice.store.db.execute("SELECT sealed_key FROM sender_keys WHERE key_id = ?",
+                                                    (first.key_id,)).fetchone()[0])
+    delivery(first.message_id, bob).delete()  # bob never gets "one"; instead, with the same key and wrap:
+    view = alice.conversation(cid)
+    message_id = str(uuid.uuid4())
+    old = int((time.time() - (REPLAY_WINDOW_DAYS + 1) * DAY_S) * 1000)
+    sealed = crypto.seal(device=alice.device, conversation_id=cid, epoch=view.epoch, message_id=message_id,
+                         group_key=key, participants_sha256=view.participants_sha256,
+                         plaintext=crypto.plaintext_encode(body="old", sent_at=old, seq=1))
+    alice.call("POST", "/dms/send", json={
+        "message_id": message_id, "conversation_id": cid, "epoch": view.epoch, "participants_sha256":
+        view.participants_sha256, "retention": view.retention, **sealed,
+        "recipients": [{"device_id": bob.device_id, "key_wrap": w1}]})
+    report = bob.sync()
+    assert (report.accepted, report.failed) == (0, 1) and bob.failures()[-1]["reason"] == "too_old"
+    assert w1["one_time_id"] not in one_time_ids(bob)  # the wrap opened: used, erased at the ACK
+    again = alice.send(cid, "two")
+    assert delivery(again.message_id, bob).key_wrap == w1
+    assert bob.sync().accepted == 1
+    assert [m["body"] for m in bob.history(cid)] == ["two"]
 
 
 def test_a_wrap_is_sent_again_as_it_was_until_the_device_holds_the_key(lying, new_client):
@@ -185,10 +226,18 @@ def test_a_wrap_naming_a_prekey_this_device_does_not_hold_is_rejected(pair):
     assert failure["reason"] == "unknown_prekey" and f"one-time prekey {one_time_id}" in failure["detail"]
     shown = [i for i in bob.take_unshown() if i["type"] == "failed"]
     assert shown and shown[0]["reason"] == "unknown_prekey"
-    # the same for a signed prekey erased after its window
-    sent = alice.send(cid, "lost too")  # a new wrap: the first was not received
+    # the stored wrap is sent again (bob never held the key): it still names the erased one-time prekey
+    again = alice.send(cid, "lost again")
+    assert delivery(again.message_id, bob).key_wrap == delivery(sent.message_id, bob).key_wrap
+    bob.sync()
+    assert bob.failures()[-1]["reason"] == "unknown_prekey" and f"one-time prekey {one_time_id}" in failure["detail"]
+    # the same for a signed prekey erased after its window: a new sender key, so a new wrap
+    with alice.store.transaction() as db:
+        db.execute("UPDATE sender_keys SET used = ?", (crypto.MAX_KEY_USES,))
+    new_wrap = delivery(alice.send(cid, "lost too").message_id, bob).key_wrap
+    assert new_wrap["one_time_id"] != one_time_id and new_wrap["one_time_id"] in one_time_ids(bob)
     with bob.store.transaction() as db:
-        db.execute("UPDATE signed_prekeys SET sealed_private = NULL")
+        db.execute("UPDATE signed_prekeys SET sealed_private = NULL WHERE id = ?", (new_wrap["signed_prekey_id"],))
     bob.sync()
     assert bob.failures()[-1]["reason"] == "unknown_prekey" and "erased" in bob.failures()[-1]["detail"]
 
@@ -448,3 +497,27 @@ def test_a_one_time_key_used_by_a_delivery_whose_ack_never_got_through_goes_at_t
     assert one_time_id not in one_time_ids(bob)
     assert delivery(sent.message_id, bob).acked_at is not None
     assert [m["body"] for m in bob.history(cid)] == ["acked late"]
+
+
+def test_a_server_before_v12_is_asked_for_prekeys_once_not_at_every_sync_and_send(new_client, lying):
+    alice, bob = new_client("alice"), new_client("bob")
+    cid = alice.create_conversation([bob.user_id])[0]["conversation_id"]
+
+    def older_server(request: httpx.Request, forward):  # 404 from a server without §6b
+        if request.url.path.endswith(("/devices/prekeys", "/dms/prekeys/claim")):
+            return httpx.Response(404, json={"error": "not_found", "detail": "no such endpoint"})
+        return None
+    lying.rewrite = older_server
+    started = Client.open(alice.store.path.parent, PASSPHRASE, transport=lying)  # a start: the supply is asked for
+    try:
+        for text in ("one", "two"):
+            with started.store.transaction() as db:  # a new sender key each time: a new wrap is needed
+                db.execute("UPDATE sender_keys SET used = ?", (crypto.MAX_KEY_USES,))
+            started.sync()
+            assert started.send(cid, text).key_wraps == {"v1": 1, "v2": 0}
+    finally:
+        started.close()
+    asked = [r.url.path.rsplit("/", 2)[-2:] for r in lying.requests
+             if r.url.path.endswith(("/devices/prekeys", "/dms/prekeys/claim"))]
+    assert asked == [["devices", "prekeys"]]  # once, at the start; no claim after that 404 either
+    assert bob.sync().accepted == 2

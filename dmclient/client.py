@@ -1161,10 +1161,11 @@ class Client:
             with self.store.transaction() as db:
                 for problem in invalid:
                     self.store.event_add(db, conversation_id=view.conversation_id, kind="invalid_prekey", detail={
-                        **problem, "detail": "the server handed out a prekey for this device that does not verify: "
+                        **problem, "detail": "the server handed out no usable prekey for this device: "
                                              "nothing was sent (a v1 wrap would give up forward secrecy)"})
-            raise ClientError("invalid_prekey", f"{len(invalid)} device(s) have a signed prekey that does not verify "
-                              "against their certified device key; not sent", devices=invalid)
+            raise ClientError("invalid_prekey", f"the server handed out no usable signed prekey for {len(invalid)} "
+                              "device(s): one that does not verify, none for a device that had one, or an older "
+                              "one; not sent", devices=invalid)
         return wraps
 
     def _store_sent(self, view: ConversationView, message_id: str, plaintext: bytes, key_id: str, wraps: dict,

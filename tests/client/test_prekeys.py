@@ -16,6 +16,7 @@ from dmclient import Client, protocol
 from dmclient.client import (DAY_S, OLD_SIGNED_PREKEY_KEEP_S, ONE_TIME_LOW, ONE_TIME_TARGET, REPLAY_WINDOW_DAYS,
                              SIGNED_PREKEY_ROTATE_S, ClientError)
 from dmclient import crypto
+from dmclient.cli import Names, item_text
 from dms.models import Delivery
 from tests.client.conftest import PASSPHRASE
 
@@ -277,6 +278,9 @@ def test_a_signed_prekey_that_does_not_verify_is_refused_never_replaced_by_v1(ne
     assert sum(r.url.path.endswith("/dms/send") for r in lying.requests) == sends_before  # nothing sent
     events = [i for i in alice.take_unshown() if i.get("kind") == "invalid_prekey"]
     assert events and events[0]["device_id"] == bob.device_id
+    line = item_text(events[0], Names())  # as `dm read` prints it
+    assert f"! WARNING device {bob.device_id}: the server handed out no usable prekey" in line
+    assert line.endswith(f"({events[0]['reason']})")
     lying.rewrite = None
     assert alice.send(cid, "now it is").key_wraps == {"v1": 0, "v2": 1}
 

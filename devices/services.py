@@ -328,10 +328,12 @@ def prekeys_upload(*, device: Device, signed_prekey: object = None, one_time: li
         raise ApiError(400, "invalid_prekey", "a one-time prekey id appears twice in this upload")
     now = timezone.now()
     with transaction.atomic():
-        # The device row only (a suspension locks the user row before the devices): read after the lock,
-        # its state and its user's are the committed ones.
-        locked = Device.objects.active(now).select_for_update(no_key=True, of=("self",)).filter(pk=device.pk).first()
-        if locked is None:
+        # The device row only (a suspension locks the user row before the devices). The user's state is
+        # read by its own query after the lock: a join in the locking query would recheck the device row
+        # alone and keep the user row of its snapshot, missing a suspension committed meanwhile.
+        locked = Device.objects.select_for_update(no_key=True).get(pk=device.pk)
+        suspended = User.objects.filter(pk=locked.user_id, suspended_at__isnull=False).exists()
+        if not locked.is_active(now) or suspended:
             raise ApiError(403, "device_revoked", "this device is no longer active")
         current = SignedPrekey.objects.filter(device=locked).first()
         if spk is not None:
